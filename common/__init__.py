@@ -1,0 +1,1 @@
+"""Shared core: types, errors, codec registry, layer codecs, metrics and transports."""

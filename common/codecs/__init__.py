@@ -1,0 +1,1 @@
+"""Layer codecs, registered by explicit wire id (see `layercast.common.registry`)."""

@@ -1,0 +1,1 @@
+"""Transports behind one small async interface (see `base.Transport`)."""

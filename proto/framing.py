@@ -1,0 +1,462 @@
+"""Pure framing: packets <-> bytes, units <-> fragments, and the `.lcs` container. No I/O.
+
+Wire layout of one packet (see proto/layercast.proto, message Packet)::
+
+    body     = deterministic protobuf serialisation of every field except auth_tag and crc32c
+    [tag]    = field 17 (auth_tag): 0x8a 0x01 0x08 + 8-byte truncated HMAC-SHA256(key, body)  (keyed only)
+    crc      = field 18 (crc32c):   0x95 0x01 + little-endian CRC-32C(body [+ tag])             (always last)
+
+A `.lcs` container is ``b"LCS\\x01"`` followed by ``varint(len) + packet`` records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+
+from google.protobuf.message import DecodeError
+
+from layercast.common import limits
+from layercast.common.errors import (
+    AuthError,
+    BitstreamError,
+    ChecksumError,
+    LimitError,
+    TruncatedError,
+    UnknownCodecError,
+    VersionError,
+)
+from layercast.common.types import DEFAULT_ORDER, EncodedImage, EncodedLayer, LayerKind
+from layercast.proto import FORMAT_VERSION, pb
+
+MAGIC = b"LCS\x01"
+"""First bytes of a `.lcs` file: "LCS" and the container version."""
+
+CRC_FIELD = b"\x95\x01"  # field 18, wire type 5 (fixed32)
+AUTH_FIELD = b"\x8a\x01\x08"  # field 17, wire type 2, length 8
+AUTH_TAG_BYTES = 8
+CRC_TRAILER_BYTES = len(CRC_FIELD) + 4
+AUTH_TRAILER_BYTES = len(AUTH_FIELD) + AUTH_TAG_BYTES
+
+_KNOWN_CODECS = frozenset(v for v in pb.CodecId.values() if v != pb.CODEC_ID_UNSPECIFIED)
+_KNOWN_KINDS = frozenset(int(k) for k in LayerKind)
+
+
+# --- CRC-32C (Castagnoli), table driven -------------------------------------------------------------
+
+def _make_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _make_table()
+
+
+def crc32c(data: bytes, crc: int = 0) -> int:
+    """CRC-32C of `data` (iSCSI polynomial), continuing from `crc`."""
+    crc ^= 0xFFFFFFFF
+    table = _CRC_TABLE
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+# --- varints ------------------------------------------------------------------------------------------
+
+def encode_varint(value: int) -> bytes:
+    """Unsigned LEB128 varint."""
+    if value < 0:
+        raise ValueError("varint must be non-negative")
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def decode_varint(data: bytes | memoryview, pos: int, what: str = "varint") -> tuple[int, int]:
+    """Decode a varint at `pos`; returns (value, new_pos). Raises TruncatedError / BitstreamError."""
+    value = 0
+    shift = 0
+    while True:
+        if pos >= len(data):
+            raise TruncatedError(f"bitstream ends inside a {what} at byte {pos}")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise BitstreamError(f"{what} at byte {pos} is longer than 10 bytes")
+
+
+# --- packets ------------------------------------------------------------------------------------------
+
+def auth_tag(key: bytes, body: bytes) -> bytes:
+    """Truncated HMAC-SHA256 authenticating a packet body."""
+    return hmac.new(key, body, hashlib.sha256).digest()[:AUTH_TAG_BYTES]
+
+
+def encode_packet(packet: pb.Packet, *, key: bytes | None = None) -> bytes:
+    """Serialise a packet to wire bytes (auth tag when `key`, CRC-32C always). Pure."""
+    p = pb.Packet()
+    p.CopyFrom(packet)
+    p.ClearField("auth_tag")
+    p.ClearField("crc32c")
+    body = p.SerializeToString(deterministic=True)
+    if key is not None:
+        body += AUTH_FIELD + auth_tag(key, body)
+    return body + CRC_FIELD + struct.pack("<I", crc32c(body))
+
+
+def decode_packet(data: bytes, *, key: bytes | None = None) -> pb.Packet:
+    """Parse and validate wire bytes into a packet.
+
+    Checks size limits, CRC-32C, authentication (when `key` is given, an untagged or wrongly tagged
+    packet is rejected), format version, layer kind, codec id and every declared size.
+    """
+    if len(data) > limits.MAX_PACKET_BYTES:
+        raise LimitError(f"packet of {len(data)} bytes exceeds the {limits.MAX_PACKET_BYTES}-byte limit")
+    if len(data) < CRC_TRAILER_BYTES + 2:
+        raise TruncatedError(f"packet of {len(data)} bytes is too short to hold a header and CRC")
+    data = bytes(data)
+    if data[-CRC_TRAILER_BYTES:-4] != CRC_FIELD:
+        raise TruncatedError("packet does not end with its CRC-32C field (truncated or not a Layercast packet)")
+    body = data[:-CRC_TRAILER_BYTES]
+    (want,) = struct.unpack("<I", data[-4:])
+    got = crc32c(body)
+    if got != want:
+        raise ChecksumError(f"packet CRC-32C mismatch (stored {want:08x}, computed {got:08x}): corrupted bytes")
+    if key is not None:
+        if len(body) < AUTH_TRAILER_BYTES or body[-AUTH_TRAILER_BYTES:-AUTH_TAG_BYTES] != AUTH_FIELD:
+            raise AuthError("packet carries no authentication tag but this receiver requires one")
+        signed = body[:-AUTH_TRAILER_BYTES]
+        if not hmac.compare_digest(auth_tag(key, signed), body[-AUTH_TAG_BYTES:]):
+            raise AuthError("packet authentication tag does not match (forged, or a different sender key)")
+    packet = pb.Packet()
+    try:
+        packet.ParseFromString(data)
+    except DecodeError as exc:
+        raise BitstreamError(f"packet is not a valid protobuf Packet: {exc}") from exc
+    validate_packet(packet)
+    return packet
+
+
+def validate_packet(packet: pb.Packet) -> None:
+    """Check a parsed packet against the format version and the safety limits."""
+    if packet.version != FORMAT_VERSION:
+        raise VersionError(
+            f"packet has format version {packet.version}; this build reads version {FORMAT_VERSION}"
+            " (upgrade layercast, or re-encode the stream)"
+        )
+    if packet.kind not in _KNOWN_KINDS:
+        raise BitstreamError(f"packet has unknown layer kind {packet.kind}")
+    if not 1 <= packet.fragment_count <= limits.MAX_FRAGMENTS:
+        raise LimitError(f"fragment count {packet.fragment_count} is outside 1..{limits.MAX_FRAGMENTS}")
+    if packet.repair_count > limits.MAX_FRAGMENTS:
+        raise LimitError(f"repair fragment count {packet.repair_count} exceeds {limits.MAX_FRAGMENTS}")
+    if packet.fragment_index >= packet.fragment_count + packet.repair_count:
+        raise LimitError(
+            f"fragment index {packet.fragment_index} is out of range for "
+            f"{packet.fragment_count} data + {packet.repair_count} repair fragments"
+        )
+    if packet.part_count > limits.MAX_FRAGMENTS or (
+        packet.part_count > 1 and packet.part_index >= packet.part_count
+    ):
+        raise LimitError(f"unit slice {packet.part_index}/{packet.part_count} is out of range")
+    if packet.HasField("header"):
+        validate_header(packet.header)
+    if packet.HasField("layer"):
+        validate_descriptor(packet.layer, LayerKind(packet.kind))
+        if packet.unit_first >= max(packet.layer.unit_count, 1):
+            raise LimitError(f"unit index {packet.unit_first} >= unit count {packet.layer.unit_count}")
+
+
+def validate_header(header: pb.ImageHeader) -> None:
+    """Reject absurd image sizes before anything is allocated."""
+    for name in ("width", "height"):
+        v = getattr(header, name)
+        if not 1 <= v <= limits.MAX_IMAGE_SIDE:
+            raise LimitError(f"image {name} {v} is outside 1..{limits.MAX_IMAGE_SIDE}")
+
+
+_PARAMS_FOR_CODEC = {
+    pb.CODEC_ID_PROMPT_UTF8: "prompt",
+    pb.CODEC_ID_PROMPT_CTX: "prompt",
+    pb.CODEC_ID_EDGES_CTX: "edges",
+    pb.CODEC_ID_COLORMAP_PRED: "colormap",
+    pb.CODEC_ID_POSE_KEYPOINTS: "pose",
+}
+_KIND_FOR_PARAMS = {
+    "prompt": LayerKind.SEMANTIC,
+    "edges": LayerKind.STRUCTURE_EDGES,
+    "colormap": LayerKind.TEXTURE,
+    "pose": LayerKind.STRUCTURE_POSE,
+}
+
+
+def validate_descriptor(desc: pb.LayerDescriptor, kind: LayerKind) -> None:
+    """Check a layer descriptor: known codec, params matching the codec and kind, sizes within limits."""
+    if desc.codec not in _KNOWN_CODECS:
+        raise UnknownCodecError(
+            f"layer uses codec id {desc.codec}, unknown to this build (known: {sorted(_KNOWN_CODECS)});"
+            " upgrade layercast"
+        )
+    want = _PARAMS_FOR_CODEC[desc.codec]
+    if desc.WhichOneof("params") != want:
+        raise BitstreamError(f"codec {pb.CodecId.Name(desc.codec)} needs '{want}' parameters")
+    if _KIND_FOR_PARAMS[want] != kind:
+        raise BitstreamError(f"codec {pb.CodecId.Name(desc.codec)} cannot carry a {kind.name} layer")
+    if not 1 <= desc.unit_count <= limits.MAX_UNITS:
+        raise LimitError(f"unit count {desc.unit_count} is outside 1..{limits.MAX_UNITS}")
+    if want == "edges":
+        e = desc.edges
+        if not (1 <= e.width <= limits.MAX_EDGE_SIDE and 1 <= e.height <= limits.MAX_EDGE_SIDE):
+            raise LimitError(f"edge map {e.width}x{e.height} is outside 1..{limits.MAX_EDGE_SIDE} per side")
+        if e.stripe_rows < 1 or desc.unit_count != -(-e.height // e.stripe_rows):
+            raise LimitError(
+                f"edge map of height {e.height} in stripes of {e.stripe_rows} rows cannot have "
+                f"{desc.unit_count} units"
+            )
+    elif want == "colormap":
+        c = desc.colormap
+        if not (1 <= c.grid_width <= limits.MAX_GRID_SIDE and 1 <= c.grid_height <= limits.MAX_GRID_SIDE):
+            raise LimitError(
+                f"colormap grid {c.grid_width}x{c.grid_height} is outside 1..{limits.MAX_GRID_SIDE} per side"
+            )
+    elif want == "pose":
+        p = desc.pose
+        if not (1 <= p.width <= limits.MAX_IMAGE_SIDE and 1 <= p.height <= limits.MAX_IMAGE_SIDE):
+            raise LimitError(f"pose frame {p.width}x{p.height} is out of range")
+        if not 1 <= p.keypoint_count <= 256 or desc.unit_count > limits.MAX_PEOPLE:
+            raise LimitError("pose layer declares too many keypoints or people")
+
+
+# --- units <-> fragments ------------------------------------------------------------------------------
+
+def _skeleton(img: EncodedImage, layer: EncodedLayer, priority: int) -> pb.Packet:
+    return pb.Packet(
+        version=FORMAT_VERSION,
+        stream_id=img.stream_id,
+        image_id=img.image_id,
+        kind=int(layer.kind),
+        priority=priority,
+        layer=layer.descriptor,
+    )
+
+
+def order_layers(layers: Sequence[EncodedLayer], order: Sequence[str] = DEFAULT_ORDER) -> list[EncodedLayer]:
+    """Layers sorted by family rank in `order` (families not named go last, in their given order)."""
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(layers, key=lambda layer: rank.get(layer.kind.family, len(rank)))
+
+
+def packetize(
+    img: EncodedImage,
+    *,
+    mtu: int | None = None,
+    order: Sequence[str] = DEFAULT_ORDER,
+    header_every_layer: bool = False,
+    keyed: bool = False,
+) -> list[pb.Packet]:
+    """Cut an encoded image into data packets, layers in `order` (semantic first by default).
+
+    `mtu` bounds the wire size of each packet (None: one packet per layer, as files store). Units are
+    packed whole, several per fragment where they fit; a unit larger than a fragment is sliced. The
+    header rides on fragment 0 of the first layer, or of every layer with `header_every_layer`.
+    Sequence numbers and FEC repair packets are added by the sender session / FEC layer.
+    """
+    packets: list[pb.Packet] = []
+    trailer = CRC_TRAILER_BYTES + (AUTH_TRAILER_BYTES if keyed else 0)
+    for priority, layer in enumerate(order_layers(img.layers, order)):
+        skel = _skeleton(img, layer, priority)
+        with_header = header_every_layer or priority == 0
+        if mtu is None:
+            groups: list[tuple[int, int, int, bytes]] = [
+                (0, 0, 0, b"".join(encode_varint(len(u)) + u for u in layer.units))
+            ]
+        else:
+            probe = pb.Packet()
+            probe.CopyFrom(skel)
+            probe.header.CopyFrom(img.header)
+            big = limits.MAX_FRAGMENTS - 1
+            probe.fragment_index = probe.fragment_count = probe.unit_first = big
+            probe.part_index = probe.part_count = probe.repair_count = big
+            probe.fec_scheme = 1
+            probe.sequence = 2**40
+            room = mtu - len(probe.SerializeToString()) - trailer - 3  # 3: payload tag + length
+            if room < 8:
+                raise ValueError(f"MTU {mtu} is too small for the packet framing of this layer")
+            groups = _group_units(layer.units, room)
+        for index, (unit_first, part_index, part_count, payload) in enumerate(groups):
+            p = pb.Packet()
+            p.CopyFrom(skel)
+            p.fragment_index = index
+            p.fragment_count = len(groups)
+            p.unit_first = unit_first
+            p.part_index = part_index
+            p.part_count = part_count
+            p.payload = payload
+            if with_header and index == 0:
+                p.header.CopyFrom(img.header)
+            packets.append(p)
+    return packets
+
+
+def _group_units(units: Sequence[bytes], room: int) -> list[tuple[int, int, int, bytes]]:
+    """Greedy packing of varint-prefixed units into payloads of at most `room` bytes."""
+    groups: list[tuple[int, int, int, bytes]] = []
+    cur = bytearray()
+    cur_first = 0
+    for i, unit in enumerate(units):
+        rec = encode_varint(len(unit)) + unit
+        if len(rec) > room:
+            if cur:
+                groups.append((cur_first, 0, 0, bytes(cur)))
+                cur = bytearray()
+            slices = [unit[j : j + room] for j in range(0, len(unit), room)]
+            groups.extend((i, k, len(slices), s) for k, s in enumerate(slices))
+            cur_first = i + 1
+            continue
+        if cur and len(cur) + len(rec) > room:
+            groups.append((cur_first, 0, 0, bytes(cur)))
+            cur = bytearray()
+        if not cur:
+            cur_first = i
+        cur += rec
+    if cur or not groups:
+        groups.append((cur_first, 0, 0, bytes(cur)))
+    return groups
+
+
+def collect_units(unit_count: int, fragments: Iterable[pb.Packet]) -> list[bytes | None]:
+    """Rebuild a layer's units from whichever data fragments arrived; missing units are None.
+
+    Repair fragments (index >= fragment_count) are ignored: recover them with FEC first.
+    """
+    units: list[bytes | None] = [None] * unit_count
+    slices: dict[int, dict[int, bytes]] = {}
+    slice_counts: dict[int, int] = {}
+    for frag in fragments:
+        if frag.fragment_index >= frag.fragment_count:
+            continue
+        if frag.part_count > 1:
+            if frag.unit_first < unit_count:
+                slices.setdefault(frag.unit_first, {})[frag.part_index] = frag.payload
+                slice_counts[frag.unit_first] = frag.part_count
+            continue
+        data = frag.payload
+        pos = 0
+        idx = frag.unit_first
+        while pos < len(data):
+            n, pos = decode_varint(data, pos, "unit length")
+            if pos + n > len(data):
+                raise TruncatedError(f"unit {idx} claims {n} bytes but its fragment ends first")
+            if idx >= unit_count:
+                raise BitstreamError(f"fragment carries unit {idx} but the layer has {unit_count} units")
+            units[idx] = data[pos : pos + n]
+            pos += n
+            idx += 1
+    for idx, parts in slices.items():
+        if len(parts) == slice_counts[idx]:
+            units[idx] = b"".join(parts[k] for k in range(slice_counts[idx]))
+    return units
+
+
+def packets_to_images(packets: Iterable[pb.Packet]) -> list[EncodedImage]:
+    """Group complete packets (as a file holds them) into encoded images, in order of appearance.
+
+    Raises TruncatedError naming the layer when a unit is missing: use the streaming assembler for
+    partial input.
+    """
+    images: dict[tuple[int, int], EncodedImage] = {}
+    frags: dict[tuple[int, int, int], list[pb.Packet]] = {}
+    for p in packets:
+        key = (p.stream_id, p.image_id)
+        img = images.get(key)
+        if img is None:
+            img = images[key] = EncodedImage(header=pb.ImageHeader(), stream_id=p.stream_id, image_id=p.image_id)
+        if p.HasField("header") and not img.header.width:
+            img.header.CopyFrom(p.header)
+        frags.setdefault((p.stream_id, p.image_id, p.kind), []).append(p)
+    for (sid, iid, kind), plist in frags.items():
+        desc = next((p.layer for p in plist if p.HasField("layer")), None)
+        if desc is None:
+            raise BitstreamError(f"image {iid}: {LayerKind(kind).name} layer has no descriptor")
+        units = collect_units(desc.unit_count, plist)
+        missing = [i for i, u in enumerate(units) if u is None]
+        if missing:
+            raise TruncatedError(
+                f"image {iid}: {LayerKind(kind).family} layer is missing units {missing[:8]}"
+                " (stream truncated; decode it with the streaming receiver for a partial result)"
+            )
+        images[(sid, iid)].layers.append(
+            EncodedLayer(kind=LayerKind(kind), descriptor=desc, units=[u for u in units if u is not None])
+        )
+    for img in images.values():
+        img.layers.sort(key=lambda layer: _first_priority(frags, img, layer.kind))
+        if not img.header.width:
+            raise BitstreamError(f"image {img.image_id}: no packet carries the image header")
+    return list(images.values())
+
+
+def _first_priority(frags: dict[tuple[int, int, int], list[pb.Packet]], img: EncodedImage, kind: int) -> int:
+    return min(p.priority for p in frags[(img.stream_id, img.image_id, kind)])
+
+
+# --- the .lcs container -------------------------------------------------------------------------------
+
+def write_container(packets: Iterable[bytes]) -> bytes:
+    """A `.lcs` file's bytes: magic, then varint-length-delimited wire packets."""
+    out = bytearray(MAGIC)
+    for data in packets:
+        out += encode_varint(len(data))
+        out += data
+    return bytes(out)
+
+
+def iter_container(data: bytes) -> Iterator[bytes]:
+    """Yield the wire packets of a `.lcs` file's bytes (not yet parsed)."""
+    if data[: len(MAGIC)] != MAGIC:
+        if data[:3] == MAGIC[:3]:
+            raise VersionError(f"container version {data[3] if len(data) > 3 else '?'} is not readable (want 1)")
+        raise BitstreamError("not a Layercast stream: the file does not start with the LCS magic")
+    pos = len(MAGIC)
+    count = 0
+    while pos < len(data):
+        n, pos = decode_varint(data, pos, "packet length")
+        if n > limits.MAX_PACKET_BYTES:
+            raise LimitError(f"packet length {n} at byte {pos} exceeds the {limits.MAX_PACKET_BYTES}-byte limit")
+        if pos + n > len(data):
+            raise TruncatedError(f"file ends inside a packet: {n} bytes declared at byte {pos}, {len(data) - pos} left")
+        count += 1
+        if count > limits.MAX_FILE_PACKETS:
+            raise LimitError(f"container holds more than {limits.MAX_FILE_PACKETS} packets")
+        yield data[pos : pos + n]
+        pos += n
+
+
+def images_to_container(
+    images: Iterable[EncodedImage], *, order: Sequence[str] = DEFAULT_ORDER, key: bytes | None = None
+) -> bytes:
+    """Serialise encoded images to `.lcs` bytes (one packet per layer)."""
+    return write_container(
+        encode_packet(p, key=key) for img in images for p in packetize(img, order=order, keyed=key is not None)
+    )
+
+
+def container_to_images(data: bytes, *, key: bytes | None = None) -> list[EncodedImage]:
+    """Parse `.lcs` bytes into encoded images (all packets must be complete and valid)."""
+    return packets_to_images(decode_packet(d, key=key) for d in iter_container(data))

@@ -1,0 +1,1 @@
+"""Receiver side: sans-I/O assembler, decoders (CPU preview, diffusers), the async receive session."""

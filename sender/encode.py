@@ -1,0 +1,221 @@
+"""The encode pipeline (no I/O): RGB pixels + prompt -> layered, budget-fitted EncodedImage and `.lcs` bytes.
+
+    result = encode_image(rgb, Prompt("a red bird"), options=EncodeOptions(bpp=0.02))
+    result.data        # the .lcs container bytes, <= result.budget when result.fits
+    result.image       # EncodedImage (header + layers) for streaming
+
+Extractors are pure functions; layer codecs are pure; rate control (sender.ratecontrol) picks the
+structure rung and colormap quality that fit the byte budget, framing included.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from layercast.common.errors import InputError
+from layercast.common.metrics import budget_bytes
+from layercast.common.registry import get_codec
+from layercast.common.registry import EDGES_CTX, COLORMAP_PRED, POSE_KEYPOINTS
+from layercast.common.types import (
+    DEFAULT_ORDER,
+    EdgeMap,
+    EncodedImage,
+    EncodedLayer,
+    PoseLayer,
+    Prompt,
+)
+from layercast.proto import framing, pb
+from layercast.sender import ratecontrol
+from layercast.sender.ratecontrol import Rung
+
+EdgeFn = Callable[[Rung], np.ndarray]
+"""A prepared edge extractor: rung -> bool edge map at the rung's working resolution."""
+
+STRUCTURES = ("canny", "hed", "pose", "none")
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """Encoder settings. `max_bytes` overrides `bpp`; `order` is the send order of layer families."""
+
+    bpp: float = 0.02
+    max_bytes: int | None = None
+    order: tuple[str, ...] = DEFAULT_ORDER
+    structure: str = "canny"
+    cells_long: int = 8
+    texture_quality: int | None = None
+    stripe_rows: int = 16
+    max_long_side: int = 256
+    min_long_side: int = 32
+    drop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def validate(self) -> None:
+        """Raise InputError on values a user can get wrong."""
+        if self.max_bytes is None and not 0 < self.bpp <= 8:
+            raise InputError(f"--bpp must be in (0, 8], got {self.bpp}")
+        if self.max_bytes is not None and self.max_bytes < 16:
+            raise InputError(f"--max-bytes must be at least 16, got {self.max_bytes}")
+        if self.structure not in STRUCTURES:
+            raise InputError(f"unknown structure {self.structure!r}; choose one of {', '.join(STRUCTURES)}")
+        if not 1 <= self.cells_long <= 64:
+            raise InputError(f"colormap cells must be in 1..64, got {self.cells_long}")
+        if self.texture_quality is not None and not 1 <= self.texture_quality <= 100:
+            raise InputError(f"texture quality must be in 1..100, got {self.texture_quality}")
+        bad = [f for f in (*self.order, *self.drop) if f not in DEFAULT_ORDER]
+        if bad:
+            raise InputError(f"unknown layer family {bad[0]!r}; use semantic, structure, texture")
+
+    def budget(self, width: int, height: int) -> int:
+        """Byte budget for a width x height image."""
+        return self.max_bytes if self.max_bytes is not None else budget_bytes(self.bpp, width, height)
+
+
+@dataclass
+class EncodeResult:
+    """An encoded image with what rate control chose and what it cost."""
+
+    image: EncodedImage
+    data: bytes
+    budget: int
+    fits: bool
+    rung: Rung | None
+    texture_quality: int | None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return len(self.data)
+
+    def layer_bytes(self) -> dict[str, int]:
+        """Payload bytes per layer family."""
+        return {layer.kind.family: layer.nbytes for layer in self.image.layers}
+
+
+def make_header(width: int, height: int, seed: int | None = None, hints: pb.DecoderHints | None = None) -> pb.ImageHeader:
+    """The image header for a width x height image."""
+    header = pb.ImageHeader(width=width, height=height)
+    if seed is not None:
+        header.seed = seed
+    if hints is not None and hints.ByteSize():
+        header.hints.CopyFrom(hints)
+    return header
+
+
+def canny_extractor(rgb: np.ndarray) -> EdgeFn:
+    """Canny at each rung's working resolution (sender.extract_edges)."""
+    from layercast.sender.extract_edges import canny_edges
+
+    return lambda r: canny_edges(rgb, r.long_side, threshold_scale=r.threshold_scale, min_length=r.min_length)
+
+
+def encode_image(
+    rgb: np.ndarray,
+    prompt: Prompt,
+    *,
+    options: EncodeOptions | None = None,
+    header: pb.ImageHeader | None = None,
+    edge_fn: EdgeFn | None = None,
+    edge_source: int = pb.EDGE_SOURCE_CANNY,
+    pose: PoseLayer | None = None,
+    stream_id: int = 0,
+    image_id: int = 0,
+) -> EncodeResult:
+    """Encode one RGB uint8 image (H, W, 3) with its prompt into a budget-fitted layered stream.
+
+    `edge_fn` replaces the Canny extractor (e.g. HED soft edges); `pose` supplies keypoints when
+    options.structure == "pose".
+    """
+    opts = options or EncodeOptions()
+    opts.validate()
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise InputError(f"expected a uint8 RGB image of shape (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    height, width = int(rgb.shape[0]), int(rgb.shape[1])
+    hdr = header if header is not None else make_header(width, height, opts.seed)
+    budget = opts.budget(width, height)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    from layercast.common.codecs.prompt import compress_prompt
+
+    semantic = compress_prompt(prompt) if "semantic" not in opts.drop else None
+    t1 = time.perf_counter()
+    timings["semantic_ms"] = (t1 - t0) * 1e3
+
+    with_texture = "texture" not in opts.drop
+    with_structure = "structure" not in opts.drop and opts.structure != "none"
+    texture_cache: dict[int, EncodedLayer] = {}
+    colormap_value = None
+    if with_texture:
+        from layercast.sender.extract_texture import colormap
+
+        colormap_value = colormap(rgb, cells_long=opts.cells_long)
+
+    def texture(q: int | None) -> EncodedLayer | None:
+        if q is None or colormap_value is None:
+            return None
+        if q not in texture_cache:
+            texture_cache[q] = get_codec(COLORMAP_PRED).compress(colormap_value, quality=q)
+        return texture_cache[q]
+
+    structure_cache: dict[Rung, EncodedLayer] = {}
+    pose_layer: EncodedLayer | None = None
+    efn: EdgeFn | None = None
+    if with_structure and opts.structure == "pose":
+        if pose is None:
+            raise InputError("structure 'pose' needs keypoints: pass a pose estimator (--pose-model) or use canny")
+        pose_layer = get_codec(POSE_KEYPOINTS).compress(pose)
+    elif with_structure:
+        efn = edge_fn if edge_fn is not None else canny_extractor(rgb)
+
+    def structure(rung: Rung | None) -> EncodedLayer | None:
+        if rung is None:
+            return None
+        if pose_layer is not None:
+            return pose_layer
+        assert efn is not None
+        if rung not in structure_cache:
+            edges = efn(rung)
+            structure_cache[rung] = get_codec(EDGES_CTX).compress(
+                EdgeMap(edges=edges, source=edge_source), stripe_rows=opts.stripe_rows, source=edge_source
+            )
+        return structure_cache[rung]
+
+    def build(rung: Rung | None, q: int | None) -> EncodedImage:
+        layers = [layer for layer in (semantic, structure(rung), texture(q)) if layer is not None]
+        return EncodedImage(
+            header=hdr, layers=framing.order_layers(layers, opts.order), stream_id=stream_id, image_id=image_id
+        )
+
+    def size_of(rung: Rung | None, q: int | None) -> int:
+        return len(framing.images_to_container([build(rung, q)], order=opts.order))
+
+    rungs = (
+        [Rung(0, 0.0, 0)]
+        if pose_layer is not None
+        else ratecontrol.ladder(opts.max_long_side, opts.min_long_side)
+    )
+    qualities: Sequence[int] = (
+        (opts.texture_quality,) if opts.texture_quality is not None else ratecontrol.TEXTURE_QUALITIES
+    )
+    choice = ratecontrol.choose(
+        budget, rungs, size_of, texture_qualities=qualities, with_structure=with_structure, with_texture=with_texture
+    )
+    t2 = time.perf_counter()
+    timings["rate_control_ms"] = (t2 - t1) * 1e3
+    image = build(choice.rung, choice.texture_quality)
+    data = framing.images_to_container([image], order=opts.order)
+    timings["total_ms"] = (time.perf_counter() - t0) * 1e3
+    return EncodeResult(
+        image=image,
+        data=data,
+        budget=budget,
+        fits=len(data) <= budget,
+        rung=choice.rung if pose_layer is None else None,
+        texture_quality=choice.texture_quality,
+        timings_ms=timings,
+    )

@@ -1,0 +1,101 @@
+"""Rate control (pure, no I/O): choose structure and texture parameters so the whole stream fits a budget.
+
+The budget counts every byte of the `.lcs` container (magic, length prefixes, packet framing, CRCs).
+The semantic layer is lossless and never cut. The structure layer is the big one: a ladder of
+(working long side, Canny threshold scale, minimum edge length) rungs, richest first, is searched for the
+richest rung that fits; if none fits, texture quality is lowered, then structure, then texture are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from layercast.common.types import EncodedLayer
+
+LONG_SIDES: tuple[int, ...] = (256, 224, 192, 176, 160, 144, 128, 112, 96, 80, 64, 48, 32)
+KNOBS: tuple[tuple[float, int], ...] = ((1.0, 0), (1.4, 6), (2.0, 12))
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One structure setting: working long side, threshold scale, minimum edge component length."""
+
+    long_side: int
+    threshold_scale: float
+    min_length: int
+
+
+def ladder(max_long_side: int = 256, min_long_side: int = 32) -> list[Rung]:
+    """Structure rungs, richest (most bytes) first."""
+    return [
+        Rung(ls, ts, ml)
+        for ls in LONG_SIDES
+        if min_long_side <= ls <= max_long_side
+        for ts, ml in KNOBS
+    ]
+
+
+TEXTURE_QUALITIES: tuple[int, ...] = (50, 35, 20, 10)
+
+
+@dataclass
+class Choice:
+    """What rate control picked; `rung` None = structure dropped, `texture_quality` None = texture dropped."""
+
+    rung: Rung | None
+    texture_quality: int | None
+    total_bytes: int
+    fits: bool
+    tries: int
+
+
+def choose(
+    budget: int,
+    rungs: Sequence[Rung],
+    size_of: Callable[[Rung | None, int | None], int],
+    *,
+    texture_qualities: Sequence[int] = TEXTURE_QUALITIES,
+    with_structure: bool = True,
+    with_texture: bool = True,
+) -> Choice:
+    """Search settings so that `size_of(rung, texture_quality)` (whole-stream bytes) is <= `budget`.
+
+    Binary search over `rungs` (sizes are roughly decreasing along the ladder) for each texture quality,
+    best quality first; then structure dropped, then texture dropped. Returns the smallest setting tried
+    with fits=False when nothing fits (the semantic layer alone is over budget).
+    """
+    tries = 0
+    qualities: list[int | None] = list(texture_qualities) if with_texture else [None]
+    for q in qualities:
+        if not with_structure:
+            break
+        lo, hi = 0, len(rungs) - 1
+        best: tuple[Rung, int] | None = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            size = size_of(rungs[mid], q)
+            tries += 1
+            if size <= budget:
+                best = (rungs[mid], size)
+                hi = mid - 1
+            else:
+                lo = mid + 1
+        if best is not None:
+            return Choice(best[0], q, best[1], True, tries)
+    fallbacks: list[tuple[Rung | None, int | None]] = []
+    if with_texture:
+        fallbacks.append((None, texture_qualities[-1]))
+    fallbacks.append((None, None))
+    size = 0
+    for rung, q in fallbacks:
+        size = size_of(rung, q)
+        tries += 1
+        if size <= budget:
+            return Choice(rung, q, size, True, tries)
+    return Choice(None, None, size, False, tries)
+
+
+def total_layer_bytes(layers: Sequence[EncodedLayer]) -> int:
+    """Sum of payload bytes of layers (framing excluded)."""
+    return sum(layer.nbytes for layer in layers)
