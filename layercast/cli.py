@@ -223,16 +223,8 @@ def encode_path(path: Path, args: argparse.Namespace, *, stream_id: int = 0, ima
         texture_quality=args.texture_quality,
         seed=args.seed,
     )
-    hints = pb.DecoderHints()
-    seed = args.seed
-    if info is not None:
-        hints.steps = info.steps or 0
-        hints.cfg_scale = info.cfg_scale or 0.0
-        hints.sampler = info.sampler
-        hints.model_hash = info.model_hash
-        hints.model_name = info.model_name
-        if seed is None:
-            seed = info.seed
+    hints = info.hints() if info is not None else None
+    seed = args.seed if args.seed is not None or info is None else info.seed
     header = make_header(int(rgb.shape[1]), int(rgb.shape[0]), seed, hints)
     edge_fn = None
     edge_source = pb.EDGE_SOURCE_CANNY

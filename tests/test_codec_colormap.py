@@ -1,0 +1,201 @@
+"""Colormap codec, texture extractor, colour conversions and colormap edit helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from layercast.common import registry
+from layercast.common.codecs.colormap import ColormapCodec, steps_for
+from layercast.common.color import delta_e, oklab_to_srgb8, srgb8_to_oklab
+from layercast.common.colormap_edit import hue_shift, map_color, set_cell
+from layercast.common.errors import CodecError, EditError, InputError
+from layercast.common.registry import COLORMAP_PRED
+from layercast.common.types import Colormap
+from layercast.sender.extract_texture import colormap, grid_for
+from PIL import Image
+
+from tests.conftest import aigi_manifest, shared_data
+
+CODEC = ColormapCodec()
+
+cells_st = st.integers(1, 8).flatmap(
+    lambda h: st.integers(1, 8).flatmap(lambda w: arrays(np.uint8, (h, w, 3)))
+)
+
+
+def roundtrip(cells: np.ndarray, quality: int = 50) -> tuple[bytes, Colormap]:
+    enc = CODEC.compress(Colormap(cells), quality=quality)
+    assert enc.descriptor.unit_count == 1 and len(enc.units) == 1
+    return enc.units[0], CODEC.decompress(enc.descriptor, enc.units)
+
+
+def test_registered_under_its_wire_id() -> None:
+    # The registry's table directly: get_codec() also imports every other builtin codec module.
+    assert type(registry._REGISTRY[COLORMAP_PRED]) is ColormapCodec
+    assert CODEC.name == "colormap-pred"
+
+
+def test_oklab_round_trip_is_exact_on_uint8() -> None:
+    rgb = np.random.default_rng(1).integers(0, 256, (4096, 3)).astype(np.uint8)
+    assert np.array_equal(oklab_to_srgb8(srgb8_to_oklab(rgb)), rgb)
+    white = srgb8_to_oklab(np.array([255, 255, 255], np.uint8))
+    assert abs(white[0] - 1) < 1e-4 and abs(white[1]) < 1e-4 and abs(white[2]) < 1e-4
+
+
+@settings(max_examples=30, deadline=None)
+@given(cells=cells_st, quality=st.integers(1, 100))
+def test_round_trip_error_within_quantiser_step(cells: np.ndarray, quality: int) -> None:
+    unit, out = roundtrip(cells, quality)
+    assert out.cells.shape == cells.shape and out.cells.dtype == np.uint8
+    # Half a quantiser step per channel (the diagonal's 0.6) plus uint8 rounding and gamut clipping.
+    bound = 100 * float(np.linalg.norm(steps_for(quality))) * 0.6 + 0.5
+    assert delta_e(srgb8_to_oklab(out.cells), srgb8_to_oklab(cells)).max() <= bound
+    assert CODEC.compress(Colormap(cells), quality=quality).units[0] == unit  # deterministic
+    again = CODEC.decompress(CODEC.compress(Colormap(cells), quality=quality).descriptor, [unit])
+    assert np.array_equal(again.cells, out.cells)
+
+
+@settings(max_examples=25, deadline=None)
+@given(cells=arrays(np.uint8, (8, 8, 3)))
+def test_error_shrinks_with_quality(cells: np.ndarray) -> None:
+    lab = srgb8_to_oklab(cells)
+    err = [delta_e(srgb8_to_oklab(roundtrip(cells, q)[1].cells), lab).max() for q in (10, 100)]
+    assert err[1] <= 1.0  # near lossless at 100
+    assert err[1] <= err[0] + 1e-9
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_corrupted_units_raise_codec_error_or_are_valid_units(data: st.DataObject) -> None:
+    cells = data.draw(arrays(np.uint8, (4, 4, 3)))
+    enc = CODEC.compress(Colormap(cells), quality=data.draw(st.integers(1, 100)))
+    unit = bytearray(enc.units[0])
+    kind = data.draw(st.sampled_from(["flip", "truncate", "append", "random"]))
+    if kind == "flip":
+        i = data.draw(st.integers(0, len(unit) - 1))
+        unit[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "truncate":
+        unit = unit[: data.draw(st.integers(0, len(unit) - 1))]
+    elif kind == "append":
+        unit += data.draw(st.binary(min_size=1, max_size=8))
+    else:
+        unit = bytearray(data.draw(st.binary(min_size=0, max_size=64)))
+        if bytes(unit) == enc.units[0]:
+            return
+    try:
+        out = CODEC.decompress(enc.descriptor, [bytes(unit)])
+    except CodecError:
+        return
+    # Not detected: the bytes are then a valid unit (the canonical encoding of some grid); it decodes
+    # to a well-formed colormap, the same every time.
+    assert out.cells.shape == (4, 4, 3) and out.cells.dtype == np.uint8
+    assert np.array_equal(CODEC.decompress(enc.descriptor, [bytes(unit)]).cells, out.cells)
+
+
+def test_most_corruptions_are_detected() -> None:
+    rng = np.random.default_rng(7)
+    detected = trials = 0
+    for _ in range(20):
+        cells = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+        enc = CODEC.compress(Colormap(cells))
+        for _ in range(5):
+            unit = bytearray(enc.units[0])
+            unit[int(rng.integers(len(unit)))] ^= 1 << int(rng.integers(8))
+            trials += 1
+            try:
+                CODEC.decompress(enc.descriptor, [bytes(unit)])
+            except CodecError:
+                detected += 1
+    assert detected >= 0.8 * trials
+
+
+def test_missing_unit_and_bad_descriptor() -> None:
+    enc = CODEC.compress(Colormap(np.zeros((8, 8, 3), np.uint8)))
+    with pytest.raises(CodecError, match="texture unit missing"):
+        CODEC.decompress(enc.descriptor, [None])
+    with pytest.raises(CodecError, match="expected 1"):
+        CODEC.decompress(enc.descriptor, [])
+    enc.descriptor.colormap.grid_width = 65
+    with pytest.raises(CodecError, match=r"outside 1\.\.64"):
+        CODEC.decompress(enc.descriptor, enc.units)
+    enc.descriptor.colormap.grid_width = 8
+    enc.descriptor.colormap.quality = 0
+    with pytest.raises(CodecError, match="quality 0"):
+        CODEC.decompress(enc.descriptor, enc.units)
+
+
+def test_bad_options() -> None:
+    cm = Colormap(np.zeros((2, 2, 3), np.uint8))
+    for q in (0, 101, 2.5, True):
+        with pytest.raises(InputError, match="quality must be an integer"):
+            CODEC.compress(cm, quality=q)
+    with pytest.raises(InputError, match="unknown colormap codec option"):
+        CODEC.compress(cm, qualty=5)
+    with pytest.raises(InputError, match="uint8"):
+        CODEC.compress(Colormap(np.zeros((2, 2, 3), np.float32)))
+
+
+def test_grid_keeps_aspect() -> None:
+    assert grid_for(512, 512, 8) == (8, 8)
+    assert grid_for(357, 235, 8) == (5, 8)
+    assert grid_for(235, 357, 8) == (8, 5)
+    assert grid_for(1000, 10, 8) == (1, 8)
+    assert grid_for(1, 1, 8) == (8, 8)
+    with pytest.raises(InputError):
+        grid_for(0, 5)
+
+
+def test_colormap_is_area_average_in_linear_light() -> None:
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[:, ::2] = 255  # alternate black/white columns: linear mean 0.5 -> sRGB 188
+    cm = colormap(img, cells_long=4)
+    assert cm.grid == (4, 4)
+    assert np.all(np.abs(cm.cells.astype(int) - 188) <= 1)
+    tiny = colormap(np.full((1, 1, 3), 77, np.uint8))
+    assert tiny.grid == (8, 8) and np.all(tiny.cells == 77)
+    half = np.zeros((10, 20, 3), np.uint8)
+    half[:, 10:] = 255
+    cells = colormap(half, cells_long=2).cells
+    assert cells.shape == (1, 2, 3) and cells[0, 0, 0] == 0 and cells[0, 1, 0] == 255
+
+
+def test_real_images_fit_100_bytes_at_default_quality() -> None:
+    rows = aigi_manifest()
+    data = shared_data()
+    sizes, errors = [], []
+    for row in rows[::6]:
+        rgb = np.asarray(Image.open(data / "aigi" / row["file"]).convert("RGB").resize((512, 512)))
+        cm = colormap(rgb)
+        unit, out = roundtrip(cm.cells)
+        sizes.append(len(unit))
+        errors.append(delta_e(srgb8_to_oklab(out.cells), srgb8_to_oklab(cm.cells)).mean())
+    assert max(sizes) <= 100
+    assert float(np.mean(errors)) < 3.0
+
+
+def test_hue_shift() -> None:
+    cm = Colormap(np.array([[[170, 110, 100], [128, 128, 128]]], np.uint8))
+    assert np.array_equal(hue_shift(cm, 0).cells, cm.cells)
+    assert np.abs(hue_shift(hue_shift(cm, 40), -40).cells.astype(int) - cm.cells).max() <= 2
+    shifted = hue_shift(cm, 180).cells
+    assert shifted[0, 0, 0] < shifted[0, 0, 1]  # red turned towards cyan/green
+    assert np.abs(shifted[0, 1].astype(int) - 128).max() <= 1  # grey stays grey
+
+
+def test_map_color_and_set_cell() -> None:
+    cells = np.array([[[255, 0, 0], [250, 5, 5], [0, 0, 255]]], np.uint8)
+    out = map_color(Colormap(cells), (255, 0, 0), (0, 255, 0), tolerance=5).cells
+    assert out[0, :2].tolist() == [[0, 255, 0], [0, 255, 0]] and out[0, 2].tolist() == [0, 0, 255]
+    exact = map_color(Colormap(cells), (255, 0, 0), (0, 255, 0), tolerance=0).cells
+    assert np.array_equal(exact[0, 1], cells[0, 1]) and exact[0, 0].tolist() == [0, 255, 0]
+    with pytest.raises(EditError, match="three integers"):
+        map_color(Colormap(cells), (256, 0, 0), (0, 0, 0))
+    cm = set_cell(Colormap(cells), 0, 2, (1, 2, 3))
+    assert cm.cells[0, 2].tolist() == [1, 2, 3] and cells[0, 2].tolist() == [0, 0, 255]
+    with pytest.raises(EditError, match=r"cell \(1, 0\) is outside the 1x3 colormap"):
+        set_cell(cm, 1, 0, (0, 0, 0))
+    with pytest.raises(EditError, match="outside"):
+        set_cell(cm, 0, -1, (0, 0, 0))
