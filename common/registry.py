@@ -15,11 +15,11 @@ from layercast.common.errors import UnknownCodecError
 from layercast.common.types import EncodedLayer, LayerKind
 from layercast.proto import pb
 
-PROMPT_UTF8 = 1
-PROMPT_CTX = 2
-EDGES_CTX = 3
-COLORMAP_PRED = 4
-POSE_KEYPOINTS = 5
+PROMPT_UTF8 = pb.CODEC_ID_PROMPT_UTF8  # 1
+PROMPT_CTX = pb.CODEC_ID_PROMPT_CTX  # 2
+EDGES_CTX = pb.CODEC_ID_EDGES_CTX  # 3
+COLORMAP_PRED = pb.CODEC_ID_COLORMAP_PRED  # 4
+POSE_KEYPOINTS = pb.CODEC_ID_POSE_KEYPOINTS  # 5
 
 _BUILTIN_MODULES = (
     "layercast.common.codecs.prompt",
@@ -37,7 +37,7 @@ class LayerCodec(ABC):
     layer value. Codecs that cannot use a partial layer raise CodecError naming the missing units.
     """
 
-    codec_id: ClassVar[int]
+    codec_id: ClassVar[pb.CodecId.ValueType]
     name: ClassVar[str]
     kind: ClassVar[LayerKind]
 

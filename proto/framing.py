@@ -46,6 +46,7 @@ _KNOWN_KINDS = frozenset(int(k) for k in LayerKind)
 
 # --- CRC-32C (Castagnoli), table driven -------------------------------------------------------------
 
+
 def _make_table() -> list[int]:
     table = []
     for n in range(256):
@@ -69,6 +70,7 @@ def crc32c(data: bytes, crc: int = 0) -> int:
 
 
 # --- varints ------------------------------------------------------------------------------------------
+
 
 def encode_varint(value: int) -> bytes:
     """Unsigned LEB128 varint."""
@@ -103,6 +105,7 @@ def decode_varint(data: bytes | memoryview, pos: int, what: str = "varint") -> t
 
 
 # --- packets ------------------------------------------------------------------------------------------
+
 
 def auth_tag(key: bytes, body: bytes) -> bytes:
     """Truncated HMAC-SHA256 authenticating a packet body."""
@@ -172,9 +175,7 @@ def validate_packet(packet: pb.Packet) -> None:
             f"fragment index {packet.fragment_index} is out of range for "
             f"{packet.fragment_count} data + {packet.repair_count} repair fragments"
         )
-    if packet.part_count > limits.MAX_FRAGMENTS or (
-        packet.part_count > 1 and packet.part_index >= packet.part_count
-    ):
+    if packet.part_count > limits.MAX_FRAGMENTS or (packet.part_count > 1 and packet.part_index >= packet.part_count):
         raise LimitError(f"unit slice {packet.part_index}/{packet.part_count} is out of range")
     if packet.HasField("header"):
         validate_header(packet.header)
@@ -227,8 +228,7 @@ def validate_descriptor(desc: pb.LayerDescriptor, kind: LayerKind) -> None:
             raise LimitError(f"edge map {e.width}x{e.height} is outside 1..{limits.MAX_EDGE_SIDE} per side")
         if e.stripe_rows < 1 or desc.unit_count != -(-e.height // e.stripe_rows):
             raise LimitError(
-                f"edge map of height {e.height} in stripes of {e.stripe_rows} rows cannot have "
-                f"{desc.unit_count} units"
+                f"edge map of height {e.height} in stripes of {e.stripe_rows} rows cannot have {desc.unit_count} units"
             )
     elif want == "colormap":
         c = desc.colormap
@@ -246,12 +246,13 @@ def validate_descriptor(desc: pb.LayerDescriptor, kind: LayerKind) -> None:
 
 # --- units <-> fragments ------------------------------------------------------------------------------
 
+
 def _skeleton(img: EncodedImage, layer: EncodedLayer, priority: int) -> pb.Packet:
     return pb.Packet(
         version=FORMAT_VERSION,
         stream_id=img.stream_id,
         image_id=img.image_id,
-        kind=int(layer.kind),
+        kind=pb.LayerKind.ValueType(int(layer.kind)),
         priority=priority,
         layer=layer.descriptor,
     )
@@ -417,6 +418,7 @@ def _first_priority(frags: dict[tuple[int, int, int], list[pb.Packet]], img: Enc
 
 
 # --- the .lcs container -------------------------------------------------------------------------------
+
 
 def write_container(packets: Iterable[bytes]) -> bytes:
     """A `.lcs` file's bytes: magic, then varint-length-delimited wire packets."""

@@ -16,8 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools", reason="grpcio-tools (dev extra) generates protobuf code")
-    cmd = [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"--python_out={tmp_path}",
-           f"--pyi_out={tmp_path}", str(ROOT / "proto" / "layercast.proto")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{ROOT / 'proto'}",
+        f"--python_out={tmp_path}",
+        f"--pyi_out={tmp_path}",
+        str(ROOT / "proto" / "layercast.proto"),
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     for name in ("layercast_pb2.py", "layercast_pb2.pyi"):
         fresh = (tmp_path / name).read_text()
@@ -26,6 +33,10 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
 
 
 def test_registry_ids_match_proto_enum() -> None:
+    # written out by hand in the registry: ids are explicit and append-only
+    assert (1, 2, 3, 4, 5) == (
+        registry.PROMPT_UTF8, registry.PROMPT_CTX, registry.EDGES_CTX, registry.COLORMAP_PRED, registry.POSE_KEYPOINTS
+    )
     codecs = registry.all_codecs()
     declared = {v for v in pb.CodecId.values() if v}
     assert set(codecs) == declared

@@ -74,6 +74,8 @@ class Transport(ABC):
         while True:
             try:
                 yield await self.recv(timeout=None)
+            except TransportTimeout:
+                continue  # idle is not an error for a listener: iteration ends only on close
             except TransportClosed:
                 return
 

@@ -1,0 +1,119 @@
+"""The encode pipeline: budgets, determinism, layers, and every shared AIGI image within 0.02 bpp."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from layercast.common.errors import InputError
+from layercast.common.types import Prompt
+from layercast.proto import framing
+from layercast.receiver.layers import layerset_from_image
+from layercast.receiver.preview import PreviewDecoder
+from layercast.sender.encode import EncodeOptions, encode_image
+from tests.conftest import aigi_manifest, shared_data
+from tests.imaging import scene
+
+
+def test_default_budget_is_655_bytes_and_met() -> None:
+    res = encode_image(scene(), Prompt("a red house under a yellow sun, watercolor"))
+    assert res.budget == 655
+    assert res.fits and res.total_bytes <= 655
+    assert [layer.kind.family for layer in res.image.layers] == ["semantic", "structure", "texture"]
+    assert res.rung is not None and res.texture_quality is not None
+    imgs = framing.container_to_images(res.data)
+    assert len(imgs) == 1 and imgs[0].header.width == 512
+    layers = layerset_from_image(imgs[0])
+    assert layers.prompt == Prompt("a red house under a yellow sun, watercolor")
+    assert layers.structure is not None and layers.texture is not None
+
+
+def test_encoding_is_deterministic() -> None:
+    a = encode_image(scene(seed=3), Prompt("x"))
+    b = encode_image(scene(seed=3), Prompt("x"))
+    assert a.data == b.data
+
+
+@pytest.mark.parametrize("max_bytes", [200, 300, 450, 900, 2000])
+def test_budget_respected_and_used(max_bytes: int) -> None:
+    res = encode_image(scene(seed=1), Prompt("a house"), options=EncodeOptions(max_bytes=max_bytes))
+    assert res.fits and len(res.data) <= max_bytes
+    if max_bytes >= 450:
+        assert res.image.layer("structure") is not None
+
+
+def test_bigger_budget_buys_richer_structure() -> None:
+    small = encode_image(scene(seed=2), Prompt("a"), options=EncodeOptions(max_bytes=350))
+    big = encode_image(scene(seed=2), Prompt("a"), options=EncodeOptions(max_bytes=3000))
+    assert big.image.layer("structure").nbytes > small.image.layer("structure").nbytes  # type: ignore[union-attr]
+
+
+def test_prompt_is_never_cut_even_over_budget() -> None:
+    long_prompt = "an extremely detailed prompt " * 40
+    res = encode_image(scene(), Prompt(long_prompt), options=EncodeOptions(max_bytes=100))
+    assert not res.fits
+    assert layerset_from_image(res.image).prompt == Prompt(long_prompt)
+    assert res.image.layer("structure") is None and res.image.layer("texture") is None
+
+
+def test_order_and_drop_options() -> None:
+    res = encode_image(scene(), Prompt("a"), options=EncodeOptions(order=("texture", "structure", "semantic")))
+    kinds = [p.kind for p in framing.packetize(res.image, order=("texture", "structure", "semantic"))]
+    assert kinds == sorted(kinds, reverse=True)
+    first = framing.decode_packet(next(framing.iter_container(res.data)))
+    assert first.kind == 4  # texture first in the file too
+    res = encode_image(scene(), Prompt("a"), options=EncodeOptions(drop=("texture",)))
+    assert res.image.layer("texture") is None and res.image.layer("structure") is not None
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (17, 300), (300, 17), (64, 48)])
+def test_odd_sizes_encode_and_decode(shape: tuple[int, int]) -> None:
+    h, w = shape
+    rgb = scene(max(w, 8), max(h, 8))[:h, :w].copy()
+    res = encode_image(rgb, Prompt("tiny"), options=EncodeOptions(max_bytes=400))
+    out = PreviewDecoder().decode(layerset_from_image(framing.container_to_images(res.data)[0]))
+    assert out.shape == (h, w, 3) and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"bpp": 0.0}, "--bpp"),
+        ({"max_bytes": 3}, "--max-bytes"),
+        ({"structure": "sift"}, "unknown structure"),
+        ({"cells_long": 0}, "colormap cells"),
+        ({"texture_quality": 101}, "texture quality"),
+        ({"order": ("semantic", "colour")}, "unknown layer family"),
+    ],
+)
+def test_bad_options(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        encode_image(scene(64, 64), Prompt("a"), options=EncodeOptions(**kwargs))  # type: ignore[arg-type]
+
+
+def test_bad_pixels() -> None:
+    with pytest.raises(InputError, match="uint8 RGB"):
+        encode_image(np.zeros((8, 8), np.uint8), Prompt("a"))
+    with pytest.raises(InputError, match="uint8 RGB"):
+        encode_image(np.zeros((8, 8, 3), np.float32), Prompt("a"))
+
+
+def test_every_shared_aigi_image_fits_0_02_bpp_and_decodes() -> None:
+    import cv2
+
+    from layercast.sender.image_io import load_image
+
+    rows = aigi_manifest()
+    folder = shared_data() / "aigi"
+    dec = PreviewDecoder()
+    sizes = []
+    for row in rows:
+        rgb = cv2.resize(load_image(folder / row["file"]).rgb, (512, 512), interpolation=cv2.INTER_AREA)
+        res = encode_image(rgb, Prompt(row["prompt"]))
+        assert res.fits and res.total_bytes <= 655, row["file"]
+        assert res.image.layer("structure") is not None and res.image.layer("texture") is not None, row["file"]
+        out = dec.decode(layerset_from_image(framing.container_to_images(res.data)[0]))
+        assert out.shape == (512, 512, 3)
+        sizes.append(res.total_bytes)
+    assert len(sizes) == len(rows) >= 80
+    assert np.mean(sizes) > 500  # the budget is used, not wasted

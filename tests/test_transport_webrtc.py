@@ -1,0 +1,448 @@
+"""WebRTC transport: two real aiortc peers in one process over loopback, HTTP and MQTT signalling."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+pytest.importorskip("aiortc")
+
+from broker import mosquitto_broker  # noqa: F401  (pytest fixture)
+from layercast.common.errors import (
+    AuthError,
+    InputError,
+    TransportClosed,
+    TransportError,
+    TransportTimeout,
+)
+from layercast.common.transport.base import FAMILIES
+from layercast.common.transport.signalling import (
+    HttpSignalling,
+    MqttSignalling,
+    MqttWebRTCServer,
+    SessionDescription,
+    Signalling,
+    WebRTCServer,
+    connect_webrtc,
+    signalling_from_url,
+)
+from layercast.common.transport.webrtc import (
+    CHANNEL_IDS,
+    ChannelPolicy,
+    IceServer,
+    WebRTCConfig,
+    WebRTCTransport,
+    certificate_fingerprint,
+    check_pinned,
+    datachannel_init,
+    generate_certificate_pem,
+    normalize_fingerprint,
+    sdp_fingerprints,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _drain_recv(t: WebRTCTransport, quiet: float) -> list[bytes]:
+    """Everything that arrives until nothing came for `quiet` seconds."""
+    out: list[bytes] = []
+    while True:
+        try:
+            out.append(await t.recv(timeout=quiet))
+        except TransportTimeout:
+            return out
+
+
+# --- pure parts -------------------------------------------------------------------------------------
+
+
+def test_policy_and_config_validation() -> None:
+    with pytest.raises(InputError, match="not both"):
+        ChannelPolicy(max_retransmits=1, max_packet_lifetime_ms=100)
+    with pytest.raises(InputError, match="out of range"):
+        ChannelPolicy(max_retransmits=-1)
+    with pytest.raises(InputError, match="low_watermark"):
+        WebRTCConfig(low_watermark=10, high_watermark=5)
+    with pytest.raises(InputError, match="unknown layer family"):
+        WebRTCConfig().policy("audio")
+    assert WebRTCConfig().semantic.reliable and not WebRTCConfig().texture.reliable
+    stun = "stun:192.0.2.1:3478"
+    assert WebRTCConfig(ice_servers=(stun,)).ice_servers == (IceServer(stun),)
+    with pytest.raises(InputError, match="stun:/turn:"):
+        WebRTCConfig(ice_servers=("http://example.org",))
+    table = datachannel_init(WebRTCConfig(texture=ChannelPolicy(ordered=False, max_packet_lifetime_ms=300)))
+    assert table["semantic"] == {"negotiated": True, "id": 0, "ordered": True}
+    assert table["structure"] == {"negotiated": True, "id": 1, "ordered": False, "maxRetransmits": 2}
+    assert table["texture"] == {"negotiated": True, "id": 2, "ordered": False, "maxPacketLifeTime": 300}
+
+
+@given(st.binary(min_size=32, max_size=32), st.booleans())
+def test_fingerprint_normalization_round_trip(digest: bytes, prefixed: bool) -> None:
+    hexpairs = ":".join(f"{b:02x}" for b in digest)
+    text = f"SHA-256 {hexpairs}" if prefixed else hexpairs
+    norm = normalize_fingerprint(text)
+    assert norm == "sha-256 " + hexpairs.upper()
+    assert normalize_fingerprint(norm) == norm
+    sdp = f"v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=fingerprint:sha-256 {hexpairs}\r\n"
+    assert sdp_fingerprints(sdp) == [norm]
+    check_pinned(sdp, (norm,))
+    with pytest.raises(AuthError, match="not pinned"):
+        check_pinned(sdp, (normalize_fingerprint("AA:" * 31 + "AA"),))
+
+
+def test_bad_fingerprint_and_session_descriptions_are_refused() -> None:
+    with pytest.raises(InputError, match="hex pairs"):
+        normalize_fingerprint("sha-256 not-hex")
+    with pytest.raises(TransportError, match="'offer' or 'answer'"):
+        SessionDescription(sdp="v=0\r\n", type="pranswer")
+    with pytest.raises(TransportError, match="not SDP"):
+        SessionDescription(sdp="hello", type="offer")
+    with pytest.raises(TransportError, match="JSON object"):
+        SessionDescription.from_json(["v=0"])
+    with pytest.raises(AuthError, match="no a=fingerprint"):
+        check_pinned("v=0\r\n", ("sha-256 AA:BB",))
+
+
+def test_signalling_urls() -> None:
+    assert isinstance(signalling_from_url("http://127.0.0.1:8080/offer"), HttpSignalling)
+    web = signalling_from_url("webrtc://10.0.0.2:9000")
+    assert isinstance(web, HttpSignalling) and web.url == "http://10.0.0.2:9000/offer"
+    sig = signalling_from_url("mqtts://cam:s%40cret@broker.example/rx-1?peer=cam.7")
+    assert isinstance(sig, MqttSignalling)
+    assert (sig.host, sig.port, sig.username, sig.password) == ("broker.example", 8883, "cam", "s@cret")
+    assert sig.topic(sig.peer_id, "offer") == "layercast/rx-1/signal/cam.7/offer"
+    answerer = signalling_from_url("mqtt://127.0.0.1:1884/rx-1", role="answer")
+    assert isinstance(answerer, MqttSignalling) and answerer.port == 1884
+    for bad in ("ftp://x/offer", "mqtt://broker/", "mqtt://broker/a+b", "webrtc://host"):
+        with pytest.raises(InputError):
+            signalling_from_url(bad)
+
+
+# --- real peers over HTTP signalling ----------------------------------------------------------------
+
+
+async def test_mixed_families_round_trip_over_http_signalling() -> None:
+    rng = random.Random(3)
+    sent = [(FAMILIES[i % 3], rng.randbytes(rng.randint(1, 1200))) for i in range(300)]
+    async with WebRTCServer(port=0) as server:
+        assert server.url == f"http://127.0.0.1:{server.port}/offer"
+        async with await connect_webrtc(server.url, timeout=20) as client:
+            rx = await server.accept(timeout=10)
+            for family, data in sent:
+                await client.send(data, family=family)
+            await client.drain(timeout=10)
+            got = [await rx.recv(timeout=5) for _ in range(len(sent))]
+            assert sorted(got) == sorted(d for _, d in sent), "every packet arrives byte-exact, once"
+            semantic = [d for f, d in sent if f == "semantic"]
+            assert [d for d in got if d in set(semantic)] == semantic, "the semantic channel is ordered"
+            assert rx.stats.received == {"semantic": 100, "structure": 100, "texture": 100}
+            assert client.stats.sent == rx.stats.received
+            # and the other way round, receiver -> sender
+            await rx.send(b"ack", family="semantic")
+            assert await client.recv(timeout=5) == b"ack"
+            assert rx.remote_fingerprint == client.local_fingerprint
+
+
+async def test_partial_reliability_settings_reach_the_channels() -> None:
+    cam = WebRTCConfig(
+        structure=ChannelPolicy(ordered=False, max_packet_lifetime_ms=500),
+        texture=ChannelPolicy(ordered=False, max_retransmits=1),
+    )
+    async with WebRTCServer(port=0) as server, await connect_webrtc(server.url, cam) as client:
+        rx = await server.accept(timeout=10)
+        for t, cfg in ((client, cam), (rx, server.config)):
+            for family in FAMILIES:
+                ch, policy = t.channel(family), cfg.policy(family)
+                assert (ch.negotiated, ch.id, ch.label) == (True, CHANNEL_IDS[family], family)
+                assert ch.readyState == "open"
+                assert ch.ordered == policy.ordered
+                assert ch.maxRetransmits == policy.max_retransmits
+                assert ch.maxPacketLifeTime == policy.max_packet_lifetime_ms
+                assert ch.bufferedAmountLowThreshold == cfg.low_watermark
+        assert client.channel("structure").maxPacketLifeTime == 500
+        assert rx.channel("texture").maxRetransmits == 0  # the receiver's own default
+        # messages land in the family of the channel they were sent on
+        await client.send(b"s", family="structure")
+        await client.send(b"t", family="texture")
+        assert sorted([await rx.recv(timeout=5), await rx.recv(timeout=5)]) == [b"s", b"t"]
+        assert rx.stats.received == {"semantic": 0, "structure": 1, "texture": 1}
+
+
+async def test_burst_on_unreliable_channel_is_paced_and_delivered() -> None:
+    """1000 x 1 KB sent at once by concurrent producers on texture (maxRetransmits=0).
+
+    Unpaced (raw channel.send in a loop) this lost ~11 % on loopback: the receiver's UDP buffer
+    overflows while one event-loop turn sends the whole burst. `send` paces one packet per turn.
+    """
+    async with WebRTCServer(port=0) as server, await connect_webrtc(server.url) as client:
+        rx = await server.accept(timeout=10)
+        receiving = asyncio.create_task(_drain_recv(rx, quiet=2.0))
+        t0 = time.perf_counter()
+        burst = [i.to_bytes(4, "big") * 256 for i in range(1000)]
+        await asyncio.gather(*(client.send(p, family="texture") for p in burst))
+        await client.drain(timeout=20)
+        elapsed = time.perf_counter() - t0
+        got = await receiving
+        print(f"texture burst: {len(got)}/1000 delivered, {1000 / elapsed:.0f} packets/s")
+        assert len(got) >= 970, f"paced unreliable burst lost {1000 - len(got)} of 1000"
+        assert len(set(got)) == len(got) and all(len(g) == 1024 for g in got)
+
+
+_CHILD_RECEIVER = """
+import asyncio
+from layercast.common.transport.signalling import WebRTCServer
+
+async def main():
+    async with WebRTCServer(port=0) as server:
+        print(server.port, flush=True)
+        transport = await server.accept(timeout=30)
+        count = 0
+        async for _packet in transport:
+            count += 1
+        print(count, flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_backpressure_blocks_send_while_the_peer_is_stalled() -> None:
+    """A receiver process is stopped (SIGSTOP): SCTP's window fills, bufferedAmount climbs to the high
+    watermark, `send` blocks and times out; after SIGCONT everything sent on the reliable channel lands."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CHILD_RECEIVER, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        port = int(await asyncio.wait_for(proc.stdout.readline(), 20))
+        config = WebRTCConfig(high_watermark=32 * 1024, low_watermark=8 * 1024)
+        client = await connect_webrtc(f"http://127.0.0.1:{port}/offer", config, timeout=20)
+        ch = client.channel("semantic")
+        await client.send(b"warm-up")
+        await client.drain(timeout=5)
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(TransportTimeout, match="send timed out"):
+                for _ in range(5000):
+                    await client.send(bytes(1000), timeout=1.0)
+            assert config.high_watermark < ch.bufferedAmount <= config.high_watermark + 1000
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        sent = client.stats.sent["semantic"]
+        print(f"stalled peer: send blocked after {sent} packets, buffered {ch.bufferedAmount}")
+        assert sent < 1000, "send kept going although the peer read nothing"
+        await client.drain(timeout=20)
+        assert ch.bufferedAmount == 0
+        await client.close()
+        assert int(await asyncio.wait_for(proc.stdout.readline(), 20)) == sent
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def test_send_refuses_bad_input() -> None:
+    async with WebRTCServer(port=0) as server, await connect_webrtc(server.url) as client:
+        with pytest.raises(InputError, match="unknown layer family"):
+            await client.send(b"x", family="audio")
+        with pytest.raises(InputError, match="max_message_bytes"):
+            await client.send(bytes(70000))
+        with pytest.raises(InputError, match="bytes"):
+            await client.send("text", family="semantic")
+
+
+async def test_close_semantics() -> None:
+    async with WebRTCServer(port=0) as server:
+        client = await connect_webrtc(server.url)
+        rx = await server.accept(timeout=10)
+        pending = asyncio.create_task(rx.recv(timeout=10))
+        await asyncio.sleep(0.05)
+        for i in range(5):
+            await client.send(bytes([i]) * 100)
+        await client.drain(timeout=5)
+        assert await pending == bytes([0]) * 100
+        await client.close()
+        await client.close()  # idempotent
+        with pytest.raises(TransportClosed):
+            await client.send(b"late")
+        # what arrived before the close is still delivered, then the peer's close ends recv
+        assert [await rx.recv(timeout=5) for _ in range(4)] == [bytes([i]) * 100 for i in range(1, 5)]
+        with pytest.raises(TransportClosed):
+            await rx.recv(timeout=5)
+        with pytest.raises(TransportClosed):
+            await rx.send(b"to nobody", timeout=5)
+        assert [p async for p in rx] == []
+        # a local close ends a pending recv at once
+        client2 = await connect_webrtc(server.url)
+        waiting = asyncio.create_task(client2.recv(timeout=10))
+        await asyncio.sleep(0.05)
+        await client2.close()
+        with pytest.raises(TransportClosed):
+            await waiting
+
+
+async def test_timeouts_and_unreachable_peers() -> None:
+    async with WebRTCServer(port=0) as server, await connect_webrtc(server.url) as client:
+        t0 = time.perf_counter()
+        with pytest.raises(TransportTimeout, match=r"recv timed out after 0.2 s"):
+            await client.recv(timeout=0.2)
+        assert time.perf_counter() - t0 < 2
+        port = server.port
+    with pytest.raises(TransportError, match="cannot reach signalling server"):
+        await connect_webrtc(f"http://127.0.0.1:{port}/offer", timeout=5)
+    with pytest.raises(TransportError, match="not signalled"):
+        await WebRTCTransport().open(timeout=1)
+
+
+async def test_http_endpoint_rejects_bad_offers_and_extra_routes_mount() -> None:
+    import aiohttp
+    from aiohttp import web
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="live view")
+
+    server = WebRTCServer(port=0, max_peers=1)
+    server.add_routes([web.get("/", hello)])
+    async with server, aiohttp.ClientSession() as http:
+        with pytest.raises(InputError, match="before the server starts"):
+            server.add_routes([web.get("/late", hello)])
+        async with http.get(f"http://127.0.0.1:{server.port}/") as r:
+            assert await r.text() == "live view"
+        for body, status, text in (
+            (b"not json", 400, "must be JSON"),
+            (b'{"sdp": "v=0\\r\\n", "type": "answer"}', 400, "expected an SDP offer"),
+            (b'{"sdp": "v=0\\r\\n", "type": "offer"}', 400, "no data-channel section"),
+            (b'{"sdp": "hello", "type": "offer"}', 400, "not SDP"),
+        ):
+            async with http.post(server.url, data=body) as r:
+                assert r.status == status and text in await r.text()
+        async with await connect_webrtc(server.url):
+            with pytest.raises(TransportError, match=r"503.*full"):
+                await connect_webrtc(server.url, timeout=10)
+
+
+async def test_on_transport_callback_serves_many_peers() -> None:
+    got: dict[bytes, bytes] = {}
+
+    async def handler(t: WebRTCTransport) -> None:
+        name = await t.recv(timeout=5)
+        got[name] = await t.recv(timeout=5)
+        await t.send(b"bye " + name)
+
+    async with WebRTCServer(port=0, on_transport=handler) as server:
+
+        async def camera(name: bytes) -> bytes:
+            async with await connect_webrtc(server.url) as t:
+                await t.send(name)
+                await t.send(name * 3, family="structure")
+                return await t.recv(timeout=5)
+
+        replies = await asyncio.gather(*(camera(f"cam{i}".encode()) for i in range(3)))
+    assert replies == [b"bye cam0", b"bye cam1", b"bye cam2"]
+    assert got == {f"cam{i}".encode(): f"cam{i}".encode() * 3 for i in range(3)}
+
+
+# --- DTLS fingerprints ------------------------------------------------------------------------------
+
+
+async def test_pinned_fingerprint_accepts_the_right_peer_and_refuses_others() -> None:
+    pem = generate_certificate_pem()
+    fp = certificate_fingerprint(pem)
+    other = certificate_fingerprint(generate_certificate_pem())
+    async with WebRTCServer(port=0, config=WebRTCConfig(certificate_pem=pem)) as server:
+        async with await connect_webrtc(server.url, WebRTCConfig(pinned_fingerprints=(fp,))) as client:
+            assert client.remote_fingerprint == fp
+            rx = await server.accept(timeout=10)
+            assert rx.local_fingerprint == fp
+        with pytest.raises(AuthError, match="not pinned"):
+            await connect_webrtc(server.url, WebRTCConfig(pinned_fingerprints=(other,)), timeout=10)
+    # the receiver pins its cameras: a camera with another certificate is refused (HTTP 403)
+    cam_pem = generate_certificate_pem()
+    rx_config = WebRTCConfig(pinned_fingerprints=(certificate_fingerprint(cam_pem),))
+    async with WebRTCServer(port=0, config=rx_config) as server:
+        async with await connect_webrtc(server.url, WebRTCConfig(certificate_pem=cam_pem)):
+            pass
+        with pytest.raises(AuthError, match=r"refused the offer.*not pinned"):
+            await connect_webrtc(server.url, timeout=10)
+
+
+class _Tampering(Signalling):
+    """HTTP signalling through a man in the middle who swaps the answer's fingerprint for his own."""
+
+    def __init__(self, url: str, forged: str) -> None:
+        self.inner, self.forged = HttpSignalling(url), forged
+
+    async def connect(self, *, timeout: float | None = None) -> None:
+        await self.inner.connect()
+
+    async def send(self, desc: SessionDescription, *, timeout: float | None = None) -> None:
+        await self.inner.send(desc)
+
+    async def receive(self, *, timeout: float | None = None) -> SessionDescription:
+        answer = await self.inner.receive()
+        real = sdp_fingerprints(answer.sdp)[0].split()[1]
+        return SessionDescription(answer.sdp.replace(real, self.forged.split()[1]), "answer")
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_sdp_fingerprint_must_match_the_dtls_handshake() -> None:
+    forged = certificate_fingerprint(generate_certificate_pem())
+    async with WebRTCServer(port=0) as server:
+        t0 = time.perf_counter()
+        # even pinning the (forged) SDP fingerprint does not help: DTLS shows the real certificate
+        with pytest.raises(TransportError, match="could not be established"):
+            await connect_webrtc(
+                _Tampering(server.url, forged), WebRTCConfig(pinned_fingerprints=(forged,)), timeout=20
+            )
+        assert time.perf_counter() - t0 < 15
+
+
+# --- MQTT signalling --------------------------------------------------------------------------------
+
+
+async def test_mqtt_signalling_with_a_real_broker(mosquitto_broker: int) -> None:  # noqa: F811
+    port = mosquitto_broker
+    received: list[bytes] = []
+    done = asyncio.Event()
+
+    async def handler(t: WebRTCTransport) -> None:
+        async for packet in t:
+            received.append(packet)
+            if len(received) == 20:
+                done.set()
+
+    async with MqttWebRTCServer(f"mqtt://127.0.0.1:{port}/rx-1", on_transport=handler) as server:
+        assert server.signalling.topic("+", "offer") == "layercast/rx-1/signal/+/offer"
+        url = f"mqtt://127.0.0.1:{port}/rx-1?peer=cam-1"
+        async with await connect_webrtc(url, timeout=20) as cam:
+            packets = [bytes([i]) * (50 + i) for i in range(20)]
+            for i, p in enumerate(packets):
+                await cam.send(p, family=FAMILIES[i % 3])
+            await asyncio.wait_for(done.wait(), 10)
+        assert sorted(received) == sorted(packets)
+        # nobody answers for another receiver id: the offer times out
+        with pytest.raises(TransportTimeout):
+            await connect_webrtc(f"mqtt://127.0.0.1:{port}/rx-nobody", timeout=1.5)
+    # pinned mismatch over MQTT: the receiver publishes a refusal on the answer topic
+    pin = certificate_fingerprint(generate_certificate_pem())
+    async with MqttWebRTCServer(
+        f"mqtt://127.0.0.1:{port}/rx-2", WebRTCConfig(pinned_fingerprints=(pin,))
+    ):
+        with pytest.raises(AuthError, match="rx-2 refused the offer"):
+            await connect_webrtc(f"mqtt://127.0.0.1:{port}/rx-2", timeout=10)
+
+
+async def test_mqtt_signalling_broker_unreachable() -> None:
+    from broker import free_port
+
+    with pytest.raises(TransportError, match="cannot use broker"):
+        await connect_webrtc(f"mqtt://127.0.0.1:{free_port()}/rx-1", timeout=10)
