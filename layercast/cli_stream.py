@@ -1,0 +1,535 @@
+"""`layercast send`, `layercast receive` and `layercast demo`: the streaming half of the command line.
+
+`layercast.cli` builds the parser and calls `add_parsers(sub)`; handlers are in `HANDLERS`. Each
+handler runs its own event loop (call `cli.main` from synchronous code, as the tests do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from layercast.common.errors import InputError
+from layercast.common.types import DEFAULT_ORDER
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+"""The sample images `layercast demo` streams by default."""
+
+SEND_EPILOG = """\
+destinations:
+  webrtc://HOST:PORT                a `layercast receive --on webrtc://:PORT` (HTTP offer/answer signalling)
+  mqtt://[USER:PASS@]BROKER[:PORT]/PREFIX/STREAM   an MQTT 5 broker (topics PREFIX/STREAM/<layer>)
+  file:PATH, file:-                 a .lcs container file, or stdout
+
+examples:
+  layercast send photo.png --to file:photo.lcs
+  layercast send imgs/ --to webrtc://10.0.0.2:8443 --link webrtc
+  layercast send imgs/ --to mqtt://broker:1883/layercast/cam1 --key @cam1.key
+  layercast send imgs/ --to webrtc://127.0.0.1:8443 --link sbd --loss 5% --delay 300ms --rate 9600
+  layercast send photo.png --to file:- | layercast receive --on file:- --out out/
+"""
+
+RECEIVE_EPILOG = """\
+sources:
+  webrtc://[HOST]:PORT              serve HTTP signalling (POST /offer) for any number of senders
+  mqtt://[USER:PASS@]BROKER[:PORT]/PREFIX[/STREAM]   subscribe to PREFIX/+/+ (or one stream)
+  file:PATH, file:-                 read a .lcs container, or stdin
+
+outputs: OUT/<stream>/<image>/stage-<n>.png (progressive), OUT/<stream>/<image>/final.png, OUT/events.jsonl
+
+examples:
+  layercast receive --on webrtc://:8443 --out out/ --web 8080      live view on http://127.0.0.1:8080/
+  layercast receive --on mqtt://broker/layercast --out out/ --key @keys.txt --count 10
+  layercast receive --on file:photo.lcs --out out/ --decoder sd --model ./sd15
+"""
+
+DEMO_EPILOG = """\
+The demo encodes the sample images, connects a sender and a receiver through a real WebRTC connection
+on 127.0.0.1 (aiortc), emulates a thin lossy link on the sender side, and prints when each layer
+arrived. Progressive stages land in OUT/<stream>/<image>/stage-<n>.png.
+
+examples:
+  layercast demo
+  layercast demo --link lora --loss 10% --delay 600ms --rate 5470
+  layercast demo --images my-imgs/ --out my-demo --json
+"""
+
+
+# --- parsers -------------------------------------------------------------------------------------------
+
+
+def _rate_arg(text: str) -> float:
+    from layercast.common.transport.lossy import parse_rate
+
+    try:
+        return parse_rate(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _order_arg(text: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    if sorted(parts) != sorted(DEFAULT_ORDER):
+        raise argparse.ArgumentTypeError(f"order must name each of {','.join(DEFAULT_ORDER)} once, got {text!r}")
+    return parts
+
+
+def _size_arg(text: str) -> tuple[int, int] | int:
+    from layercast.cli import _parse_size
+
+    return _parse_size(text)
+
+
+def _add_encode_options(p: argparse.ArgumentParser, *, resize: Any = None) -> None:
+    g = p.add_argument_group("encoding (as `layercast encode`)")
+    rate = g.add_mutually_exclusive_group()
+    rate.add_argument("--bpp", type=float, default=0.02, help="bits per pixel budget (default 0.02)")
+    rate.add_argument("--max-bytes", type=int, help="byte budget per image (overrides --bpp)")
+    g.add_argument("--prompt", help="prompt to send (default: from the image's generation metadata)")
+    g.add_argument("--negative", help="negative prompt to send")
+    g.add_argument("--structure", default="canny", choices=["canny", "hed", "pose", "none"],
+                   help="structure layer (default canny)")
+    g.add_argument("--hed-weights", help="HED weights for --structure hed")
+    g.add_argument("--pose-model", help="DWPose/OpenPose ONNX file for --structure pose")
+    g.add_argument("--resize", type=_size_arg, default=resize,
+                   help=f"resize before encoding: WxH or a long side (default {resize or 'none'})")
+    g.add_argument("--order", type=_order_arg, default=DEFAULT_ORDER, help="layer send order")
+    g.add_argument("--cells", type=int, default=8, help="colormap cells on the long side (default 8)")
+    g.add_argument("--texture-quality", type=int, help="colormap quality 1..100")
+    g.add_argument("--seed", type=int, help="generation seed to carry")
+
+
+def _add_link_options(p: argparse.ArgumentParser, *, link: str | None, loss: str | None, delay: str | None,
+                      rate: float | None) -> None:
+    g = p.add_argument_group("link (profile, pacing, emulated loss)")
+    g.add_argument("--link", default=link, metavar="PROFILE",
+                   help="link profile: lora, sbd, webrtc, mqtt, file (MTU, pace, FEC; default: from the URL"
+                        + (f", here {link}" if link else "") + ")")
+    g.add_argument("--rate", type=_rate_arg, default=rate, metavar="BPS",
+                   help="pace packets to this bit rate, e.g. 9600 or 9.6k (default: the profile's"
+                        + (f"; here {rate:g}" if rate else "") + ")")
+    g.add_argument("--fec", default="profile",
+                   help="forward error correction: on (default policy), off, profile (default), or "
+                        "semantic=3,structure=0.25,texture=0.5")
+    g.add_argument("--loss", default=loss, help="emulated random packet loss, e.g. 0.05 or 5%%")
+    g.add_argument("--burst", help="emulated loss in bursts (Gilbert-Elliott average), e.g. 5%%")
+    g.add_argument("--burst-len", help="mean burst length in packets (default 3)")
+    g.add_argument("--delay", default=delay, help="emulated one-way delay, e.g. 300ms")
+    g.add_argument("--jitter", help="emulated delay jitter, e.g. 20ms")
+    g.add_argument("--duplicate", help="emulated duplication probability")
+    g.add_argument("--reorder", help="emulated reordering probability")
+    g.add_argument("--link-seed", type=int, default=0, help="seed of the emulated link (default 0)")
+
+
+def _add_decoder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decoder", default="preview", choices=["preview", "sd"], help="decoder (default preview, CPU)")
+    p.add_argument("--model", help="Stable Diffusion base model folder (for --decoder sd)")
+    p.add_argument("--sd-config", help="decoder config file naming local model folders (for --decoder sd)")
+    p.add_argument("--steps", type=int, help="diffusion steps (sd)")
+
+
+def add_parsers(sub: Any) -> None:
+    """Add `send`, `receive` and `demo` to the `layercast` subcommands."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    s = sub.add_parser("send", help="encode images and stream them to a receiver", epilog=SEND_EPILOG,
+                       formatter_class=fmt, description="Encode images and send their layers over a link.")
+    s.add_argument("inputs", nargs="+", metavar="IMG", help="image files or folders")
+    s.add_argument("--to", required=True, metavar="URL", help="webrtc://HOST:PORT, mqtt://BROKER/PREFIX/STREAM, "
+                   "file:PATH or file:-")
+    s.add_argument("--key", help="sender key: hex digits, or @FILE (packets are then authenticated)")
+    s.add_argument("--stream-id", type=int, default=0, help="stream (camera) id carried in packets (default 0)")
+    s.add_argument("--first-image-id", default="auto",
+                   help="id of the first image: a number, or auto (from the clock, so a restarted sender "
+                        "is not mistaken for a repeat; file: destinations start at 0)")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds to connect / per send (default 30)")
+    _add_link_options(s, link=None, loss=None, delay=None, rate=None)
+    _add_encode_options(s)
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+    r = sub.add_parser("receive", help="receive streams, decode progressively, write stages", epilog=RECEIVE_EPILOG,
+                       formatter_class=fmt, description="Receive layered streams and decode each image as its "
+                       "layers arrive.")
+    r.add_argument("--on", required=True, metavar="URL", help="webrtc://[HOST]:PORT, mqtt://BROKER/PREFIX[/STREAM], "
+                   "file:PATH or file:-")
+    r.add_argument("--out", required=True, help="output folder (stages, final images, events.jsonl)")
+    _add_decoder_options(r)
+    r.add_argument("--key", help="sender key (hex or @FILE), or @FILE of 'STREAM_ID HEXKEY' lines")
+    r.add_argument("--web", type=int, metavar="PORT", help="serve the live view on this port (the WebRTC port "
+                   "itself mounts it on the signalling server)")
+    r.add_argument("--web-host", default="127.0.0.1", help="address of the live view (default 127.0.0.1)")
+    r.add_argument("--count", type=int, help="exit after N images are final")
+    r.add_argument("--idle-timeout", type=float, metavar="S", help="exit after S seconds without packets")
+    r.add_argument("--image-timeout", type=float, default=10.0,
+                   help="finish an incomplete image S seconds after its last packet (default 10)")
+    r.add_argument("--json", action="store_true", help="print JSON")
+
+    d = sub.add_parser("demo", help="stream sample images over a lossy WebRTC link on loopback", epilog=DEMO_EPILOG,
+                       formatter_class=fmt, description="Sender and receiver in one process over a real WebRTC "
+                       "connection through an emulated thin, lossy link.")
+    d.add_argument("--images", help=f"image folder or file (default: the {len(list(SAMPLES.glob('*.jpg')))} "
+                   "bundled samples)")
+    d.add_argument("--limit", type=int, help="send at most N images")
+    d.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
+    _add_link_options(d, link="sbd", loss="5%", delay="300ms", rate=9600.0)
+    _add_encode_options(d, resize=512)
+    _add_decoder_options(d)
+    d.add_argument("--json", action="store_true", help="print JSON")
+
+
+# --- shared helpers ------------------------------------------------------------------------------------
+
+
+def load_key_arg(spec: str | None) -> Any:
+    """--key: hex digits, or @FILE (one key, or a key ring of 'STREAM_ID HEXKEY' lines)."""
+    if spec is None:
+        return None
+    from layercast.common.replay import load_key, load_keyring
+
+    if spec.startswith("@"):
+        path = spec[1:]
+        if not Path(path).is_file():
+            raise InputError(f"key file {path!r} does not exist")
+        ring = load_keyring(path)
+        return ring.default if ring.default is not None and not ring.streams else ring
+    return load_key(spec)
+
+
+def link_model_from_args(args: argparse.Namespace) -> Any:
+    """The emulated link of --loss/--burst/--delay/..., or None when none of them is given."""
+    from layercast.common.transport.lossy import LinkModel
+
+    names = ("loss", "burst", "burst_len", "delay", "jitter", "duplicate", "reorder")
+    if all(getattr(args, n) is None for n in names):
+        return None
+    return LinkModel.parse(**{n: getattr(args, n) for n in names}, seed=args.link_seed)
+
+
+def fec_from_args(text: str) -> Any:
+    """--fec: None = the profile's policy; otherwise a FecPolicy."""
+    from layercast.common.fec import FecPolicy
+
+    return None if text.strip().lower() == "profile" else FecPolicy.parse(text)
+
+
+def _scheme(url: str) -> str:
+    if url.startswith("file:"):
+        return "file"
+    scheme = urlsplit(url).scheme
+    if scheme in ("webrtc", "mqtt", "mqtts"):
+        return "mqtt" if scheme == "mqtts" else scheme
+    raise InputError(f"unknown address {url!r}: use webrtc://HOST:PORT, mqtt://BROKER/..., file:PATH or file:-")
+
+
+def _file_path(url: str) -> str:
+    path = url[len("file:"):]
+    if path.startswith("//"):
+        path = path[2:]
+    if not path:
+        raise InputError("file: needs a path (file:out.lcs) or - for stdio")
+    return path
+
+
+def _make_decoder(args: argparse.Namespace) -> tuple[Any, str | None]:
+    from layercast.cli import make_decoder
+
+    try:
+        return make_decoder(args)
+    except ImportError as exc:
+        raise InputError(f"the {args.decoder} decoder is not available in this installation: {exc}") from None
+
+
+@contextlib.asynccontextmanager
+async def open_send_transport(url: str, args: argparse.Namespace) -> AsyncIterator[Any]:
+    """The transport a `send --to URL` writes to (connected)."""
+    scheme = _scheme(url)
+    if scheme == "file":
+        from layercast.common.transport.file import FileTransport
+
+        yield FileTransport(_file_path(url), "w")
+    elif scheme == "webrtc":
+        from layercast.common.transport.signalling import connect_webrtc
+
+        transport = await connect_webrtc(url, timeout=args.timeout)
+        yield transport
+    else:
+        from layercast.common.transport.mqtt import MqttConfig, MqttTransport
+
+        cfg = MqttConfig.from_url(url, role="receive")
+        stream = cfg.stream if cfg.stream != "+" else str(args.stream_id)
+        yield MqttTransport(cfg.with_role("send", stream), default_timeout=args.timeout)
+
+
+def _emit(args: argparse.Namespace, doc: dict[str, Any], lines: Sequence[str]) -> None:
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        for line in lines:
+            print(line)
+
+
+# --- send ----------------------------------------------------------------------------------------------
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from layercast.cli import collect_images
+
+    paths = collect_images(args.inputs)
+    return asyncio.run(_send(args, paths))
+
+
+async def _send(args: argparse.Namespace, paths: list[Path]) -> int:
+    from layercast.common.transport.webrtc import WebRTCConfig
+    from layercast.sender.link import get_profile
+    from layercast.sender.session import SendSession, clock_image_id
+
+    scheme = _scheme(args.to)
+    profile = get_profile(args.link or scheme)
+    key = load_key_arg(args.key)
+    if key is not None and not isinstance(key, bytes):
+        raise InputError("a sender takes one key (hex or @FILE with one key), not a key ring")
+    if args.first_image_id == "auto":
+        first = 0 if scheme == "file" else clock_image_id()
+    else:
+        try:
+            first = int(args.first_image_id)
+        except ValueError:
+            raise InputError(f"--first-image-id must be a number or auto, got {args.first_image_id!r}") from None
+    reliable = [f for f in ("semantic", "structure", "texture") if WebRTCConfig().policy(f).reliable] \
+        if scheme == "webrtc" else []
+    failures: list[dict[str, str]] = []
+    t0 = time.perf_counter()
+    async with open_send_transport(args.to, args) as transport:
+        session = SendSession(
+            transport, profile=profile, fec=fec_from_args(args.fec), key=key, stream_id=args.stream_id,
+            order=args.order, rate_bps=args.rate, link_model=link_model_from_args(args),
+            reliable_families=reliable, first_image_id=first, send_timeout=args.timeout,
+        )
+        async with session:
+            reports = await session.send_paths(
+                paths, args, progress=not args.json and args.to != "file:-",
+                on_error=lambda p, e: failures.append({"input": str(p), "error": type(e).__name__, "message": str(e)}),
+            )
+    elapsed = time.perf_counter() - t0
+    doc = {
+        "to": args.to, "link": profile.name, "stream_id": args.stream_id, "images": [r.to_dict() for r in reports],
+        "failed": failures, "packets": sum(r.packets for r in reports),
+        "wire_bytes": sum(r.wire_bytes for r in reports), "seconds": round(elapsed, 3),
+    }
+    out = sys.stderr if args.to == "file:-" else sys.stdout
+    if args.json:
+        print(json.dumps(doc), file=out)
+    else:
+        for r in reports:
+            parts = ", ".join(f"{x.family} {x.data_packets}+{x.repair_packets} pkt {x.wire_bytes} B" for x in r.layers)
+            print(f"{r.name}: image {r.image_id}, {r.packets} packets, {r.wire_bytes} B [{parts}] "
+                  f"in {1e3 * r.duration_s:.0f} ms", file=out)
+        for f in failures:
+            print(f"{f['input']}: FAILED {f['error']}: {f['message']}", file=out)
+        print(f"sent {len(reports)} image(s), {doc['wire_bytes']} B to {args.to} in {elapsed:.2f} s", file=out)
+    return 1 if failures else 0
+
+
+# --- receive -------------------------------------------------------------------------------------------
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    return asyncio.run(_receive(args))
+
+
+async def _receive(args: argparse.Namespace) -> int:
+    from layercast.receiver.session import ReceiveSession, Stage
+    from layercast.receiver.web import LiveView
+
+    scheme = _scheme(args.on)
+    decoder, warning = _make_decoder(args)
+    if warning:
+        print(f"layercast: warning: {warning}", file=sys.stderr)
+    out = Path(args.out)
+    key = load_key_arg(args.key)
+    finals: list[dict[str, Any]] = []
+
+    def on_stage(stage: Stage) -> None:
+        if not stage.final:
+            return
+        finals.append(stage.record())
+        if not args.json:
+            lacking = [f"{f} partial" for f in stage.partial] + [f"{f} lost" for f in stage.missing]
+            state = "complete" if stage.complete else ", ".join(lacking)
+            print(f"stream {stage.stream_id} image {stage.image_id}: {stage.index} stage(s), "
+                  f"{'+'.join(stage.layers) or 'no layers'}, {state} -> {stage.path}", flush=True)
+
+    async with contextlib.AsyncExitStack() as stack:
+        rx = await stack.enter_async_context(
+            ReceiveSession(decoder=decoder, out_dir=out, key=key, image_timeout=args.image_timeout)
+        )
+        rx.add_listener(on_stage)
+        view = LiveView(rx) if args.web is not None else None
+        until_closed = True
+        listening = ""
+        if scheme == "file":
+            from layercast.common.transport.file import FileTransport
+
+            rx.add_transport(FileTransport(_file_path(args.on), "r"), "file")
+        elif scheme == "mqtt":
+            from layercast.common.transport.mqtt import MqttTransport
+
+            transport = MqttTransport.from_url(args.on, role="receive")
+            await stack.enter_async_context(transport)
+            rx.add_transport(transport, "mqtt")
+            until_closed = False
+            listening = f"subscribed to {', '.join(transport.config.subscriptions())} on {transport.where}"
+        else:
+            from layercast.common.transport.signalling import WebRTCServer
+
+            parts = urlsplit(args.on)
+            try:
+                port = parts.port
+            except ValueError as exc:
+                raise InputError(f"bad port in {args.on!r}: {exc}") from None
+            if port is None:
+                raise InputError(f"{args.on!r} needs a port: webrtc://:8443 or webrtc://0.0.0.0:8443")
+            server = WebRTCServer(parts.hostname or "0.0.0.0", port, on_transport=rx.serve_transport)
+            if view is not None and args.web == port:
+                server.add_routes(view.routes())
+                view = None
+                listening = f"live view on http://{parts.hostname or '127.0.0.1'}:{port}/; "
+            await stack.enter_async_context(server)
+            until_closed = False
+            listening += f"WebRTC signalling on {server.url}"
+        if view is not None:
+            url = await stack.enter_async_context(view.serve(args.web_host, args.web))
+            listening = f"live view on {url}; " + listening
+        if listening and not args.json:
+            print(f"layercast: {listening} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        summary = await rx.run(count=args.count, idle_timeout=args.idle_timeout, until_closed=until_closed)
+    doc = {**summary.to_dict(), "finals": finals}
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        print(f"received {summary.images} image(s): {summary.complete} complete, {summary.partial} partial, "
+              f"{summary.stages} stage(s), {summary.rejected} packet(s) rejected; output in {out}/ "
+              f"(events: {summary.events_log})")
+    return 0
+
+
+# --- demo ----------------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return asyncio.run(_demo(args))
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from layercast.cli import collect_images, encode_path
+    from layercast.common.transport.signalling import WebRTCServer, connect_webrtc
+    from layercast.common.transport.webrtc import WebRTCConfig
+    from layercast.receiver.session import ReceiveSession
+    from layercast.sender.link import get_profile
+    from layercast.sender.session import SendSession
+
+    t_start = time.perf_counter()
+    if args.images:
+        paths = collect_images([args.images])
+    else:
+        paths = sorted(SAMPLES.glob("*.jpg"))
+        if not paths:
+            raise InputError(f"no sample images in {SAMPLES}: pass --images DIR")
+    if args.limit is not None:
+        if args.limit < 1:
+            raise InputError("--limit must be at least 1")
+        paths = paths[: args.limit]
+    profile = get_profile(args.link)
+    model = link_model_from_args(args)
+    decoder, warning = _make_decoder(args)
+    if warning:
+        print(f"layercast: warning: {warning}", file=sys.stderr)
+    out = Path(args.out)
+    encoded = [await asyncio.to_thread(encode_path, p, args) for p in paths]
+    t_encoded = time.perf_counter()
+    config = WebRTCConfig()
+    reliable = [f for f in ("semantic", "structure", "texture") if config.policy(f).reliable]
+    delay = model.delay_s if model is not None else 0.0
+    reports = []
+    rx = ReceiveSession(decoder=decoder, out_dir=out, image_timeout=max(1.0, 4 * delay + 0.5))
+    server = WebRTCServer("127.0.0.1", 0, config, on_transport=rx.serve_transport)
+    async with rx, server:
+        transport = await connect_webrtc(server.url, config, timeout=30)
+        t_connected = time.perf_counter()
+        session = SendSession(
+            transport, profile=profile, fec=fec_from_args(args.fec), rate_bps=args.rate, link_model=model,
+            reliable_families=reliable, stream_id=1,
+        )
+        async with session:
+            for path, res in zip(paths, encoded, strict=True):
+                reports.append(await session.send_image(res.image, name=path.name))
+            await session.transport.drain()
+            await asyncio.sleep(min(0.2, 0.05 + delay / 4))  # the last packets cross the real connection
+        await rx.finish()
+    elapsed = time.perf_counter() - t_start
+    rows = []
+    for rep in reports:
+        rec = rx.records.get((rep.stream_id, rep.image_id))
+        layers: dict[str, Any] = {}
+        for fam in ("semantic", "structure", "texture"):
+            arr = rec.layers.get(fam) if rec else None
+            layers[fam] = None if arr is None else {
+                "ms": round(1e3 * (arr.time - rep.started), 1), "complete": arr.complete,
+                "missing_units": arr.missing_units, "unit_count": arr.unit_count, "recovered": arr.recovered,
+            }
+        final = rec.final if rec else None
+        rows.append({
+            "name": rep.name, "image_id": rep.image_id, "payload_bytes": rep.payload_bytes,
+            "wire_bytes": rep.wire_bytes, "packets": rep.packets, "layers": layers,
+            "first_stage_ms": round(1e3 * (rec.first_stage - rep.started), 1) if rec and rec.first_stage else None,
+            "stages": rec.stages if rec else 0, "complete": bool(rec and rec.complete),
+            "partial": list(rec.partial) if rec else [],
+            "missing": list(rec.missing) if rec else [],
+            "final": str(final.path) if final and final.path else None,
+        })
+    doc = {
+        "out": str(out), "events_log": rx.summary.events_log, "link": profile.name, "rate_bps": session.pacer.rate_bps,
+        "loss": model.expected_loss if model else 0.0, "delay_s": delay, "images": rows,
+        "summary": rx.summary.to_dict(), "seconds": {"total": round(elapsed, 2),
+        "encode": round(t_encoded - t_start, 2), "connect": round(t_connected - t_encoded, 2)},
+    }
+    if args.json:
+        print(json.dumps(doc))
+        return 0
+    rate = f"{session.pacer.rate_bps:g} bit/s" if session.pacer.rate_bps else "unpaced"
+    print(f"layercast demo: {len(rows)} image(s) over WebRTC on 127.0.0.1, link {profile.name} "
+          f"(MTU {profile.mtu}), {rate}, loss {100 * doc['loss']:.1f}%, delay {1e3 * delay:.0f} ms")
+    print("layer arrival after the image's first packet (ms; * = partial, + = FEC repaired):")
+    print(f"{'image':<14}{'bytes':>6}{'pkts':>5}{'semantic':>10}{'structure':>11}{'texture':>10}"
+          f"{'1st view':>10}{'stages':>7}  result")
+    for row in rows:
+        cells = []
+        for fam in ("semantic", "structure", "texture"):
+            info = row["layers"][fam]
+            if info is None:
+                cells.append("lost")
+            else:
+                mark = "" if info["complete"] else "*"
+                mark += "+" if info["recovered"] else ""
+                cells.append(f"{info['ms']:.0f}{mark}")
+        result = "complete" if row["complete"] else ", ".join(
+            [f"{f} partial" for f in row["partial"]] + [f"{f} lost" for f in row["missing"]]
+        )
+        first = f"{row['first_stage_ms']:.0f}" if row["first_stage_ms"] is not None else "-"
+        print(f"{row['name'][:13]:<14}{row['payload_bytes']:>6}{row['packets']:>5}{cells[0]:>10}{cells[1]:>11}"
+              f"{cells[2]:>10}{first:>10}{row['stages']:>7}  {result}")
+    s = rx.summary
+    print(f"{s.images} image(s), {s.stages} stage(s), {s.complete} complete, {s.partial} partial, "
+          f"{s.cancelled} stale decode(s) cancelled; {elapsed:.1f} s in all")
+    print(f"output: {out}/<stream>/<image>/stage-<n>.png and final.png; events: {s.events_log}")
+    return 0
+
+
+HANDLERS: dict[str, Any] = {"send": cmd_send, "receive": cmd_receive, "demo": cmd_demo}

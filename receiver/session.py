@@ -1,0 +1,674 @@
+"""The receiver's asyncio shell: transports -> sans-I/O Assembler -> progressive decodes -> stages.
+
+    async with ReceiveSession(decoder=PreviewDecoder(), out_dir=Path("out")) as rx:
+        rx.add_transport(transport)              # any number, any time (one per WebRTC peer)
+        summary = await rx.run(count=4)          # or idle_timeout=..., or until the transports close
+
+Every packet goes to one `receiver.assembler.Assembler` with the event loop's time as `now`; its timer
+is served by a background task. Each `LayerSetChanged` schedules a decode of that image's layer set in
+a worker thread (at most `max_decodes` at once, one at a time per image); a decode still running when
+a different (richer) layer set arrives is told to stop through the decoder's `should_stop` and its
+result is dropped, so each stage supersedes the last. `ImageReady` makes the final stage (reusing the
+last one when its layers did not change). Outputs, when `out_dir` is set::
+
+    <out>/<stream>/<image>/stage-1.png, stage-2.png, ...   one per decoded stage
+    <out>/<stream>/<image>/final.png                       the last stage of a finished image
+    <out>/events.jsonl                                     every assembler event and stage, one JSON per line
+
+A decoder that fails on the final stage is replaced by the preview decoder for that image, so every
+image that got a packet yields an output. Listeners (`add_listener`, `stages()`) see every `Stage`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import numpy as np
+
+from layercast.common.errors import InputError, LayercastError, TransportClosed, TransportError
+from layercast.common.replay import KeyRing
+from layercast.common.transport.base import Transport
+from layercast.common.types import LayerSet
+from layercast.receiver.assembler import Assembler
+from layercast.receiver.decoder import Decoder
+from layercast.receiver.events import (
+    Event,
+    ImageReady,
+    LayerComplete,
+    LayerPartial,
+    LayerSetChanged,
+    PacketRejected,
+    event_record,
+)
+
+log = logging.getLogger(__name__)
+
+EVENTS_FILE = "events.jsonl"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One decoded stage of an image. `index` counts from 1; `final` marks the image's last stage.
+
+    `time` is event-loop time when the stage was ready; `path` the PNG written (None without out_dir).
+    `complete` / `partial` are known on the final stage (all expected layers arrived whole / the
+    families that arrived only in part).
+    """
+
+    stream_id: int
+    image_id: int
+    index: int
+    final: bool
+    layers: tuple[str, ...]
+    reason: str
+    rgb: np.ndarray = field(repr=False)
+    decode_ms: float
+    time: float
+    decoder: str
+    path: Path | None = None
+    complete: bool | None = None
+    partial: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready summary (no pixels)."""
+        return {
+            "event": "Stage",
+            "stream_id": self.stream_id,
+            "image_id": self.image_id,
+            "stage": self.index,
+            "final": self.final,
+            "layers": list(self.layers),
+            "reason": self.reason,
+            "decoder": self.decoder,
+            "decode_ms": round(self.decode_ms, 2),
+            "path": str(self.path) if self.path else None,
+            "complete": self.complete,
+            "partial": list(self.partial),
+            "missing": list(self.missing),
+        }
+
+
+@dataclass
+class LayerArrival:
+    """When and how completely a layer family of one image arrived (event-loop time)."""
+
+    time: float
+    complete: bool
+    missing_units: int = 0
+    unit_count: int = 0
+    wire_bytes: int = 0
+    recovered: int = 0
+
+
+@dataclass
+class ImageRecord:
+    """What the session knows about one image (kept for the last `max_records` images)."""
+
+    stream_id: int
+    image_id: int
+    first_event: float
+    layers: dict[str, LayerArrival] = field(default_factory=dict)
+    stages: int = 0
+    first_stage: float | None = None
+    final: Stage | None = None
+    complete: bool | None = None
+    partial: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+
+
+@dataclass
+class ReceiveSummary:
+    """Totals of a session run."""
+
+    images: int = 0
+    complete: int = 0
+    partial: int = 0
+    stages: int = 0
+    rejected: int = 0
+    cancelled: int = 0
+    decode_failures: int = 0
+    packets: int = 0
+    out_dir: str | None = None
+    events_log: str | None = None
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Job:
+    layers: LayerSet
+    sig: tuple[Any, ...]
+    reason: str
+    final: bool
+    ready: ImageReady | None = None
+
+
+class _ImageState:
+    def __init__(self) -> None:
+        self.pending: _Job | None = None
+        self.running: _Job | None = None
+        self.stop: threading.Event | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.last_sig: tuple[Any, ...] | None = None
+        self.last_stage: Stage | None = None
+
+
+def layer_signature(layers: LayerSet) -> tuple[Any, ...]:
+    """Identity of a layer set's content (the assembler hands out a new value object for every change)."""
+    return (
+        id(layers.prompt),
+        id(layers.structure),
+        id(layers.texture),
+        layers.header.SerializeToString(deterministic=True),
+    )
+
+
+class EventLog:
+    """JSON lines appended to a file (or nowhere): each record gets `t` (s since the session start)
+    and `wall` (Unix time)."""
+
+    def __init__(self, path: Path | None, t0: float) -> None:
+        self.path = path
+        self.t0 = t0
+        self._f: IO[str] | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def write(self, record: dict[str, Any], now: float) -> None:
+        if self._f is None:
+            return
+        record["t"] = round(now - self.t0, 4)
+        record["wall"] = round(time.time(), 3)
+        self._f.write(json.dumps(record, default=str) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def save_png_fast(path: Path, rgb: np.ndarray) -> None:
+    """Write RGB uint8 as PNG with light compression (stages are written often)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
+    tmp.replace(path)
+
+
+class ReceiveSession:
+    """Receive packets from transports, assemble and decode progressively; see the module docstring.
+
+    `key`: None, one sender key, a {stream_id: key} mapping or a KeyRing (then every packet must
+    authenticate). `image_timeout`: seconds after an image's last packet before it is finished
+    incomplete. `assembler_options`: more keyword arguments for `Assembler`. `max_decodes`: decodes
+    running at once (threads). `max_records`: images remembered for `records` / the live view.
+    """
+
+    def __init__(
+        self,
+        transports: Transport | Sequence[Transport] = (),
+        *,
+        decoder: Decoder | None = None,
+        out_dir: Path | str | None = None,
+        key: bytes | Mapping[int, bytes] | KeyRing | None = None,
+        image_timeout: float = 10.0,
+        assembler_options: Mapping[str, Any] | None = None,
+        max_decodes: int = 2,
+        max_records: int = 1024,
+        write_stages: bool = True,
+    ) -> None:
+        if decoder is None:
+            from layercast.receiver.preview import PreviewDecoder
+
+            decoder = PreviewDecoder()
+        if max_decodes < 1:
+            raise InputError(f"max_decodes must be >= 1, got {max_decodes}")
+        self.decoder = decoder
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.write_stages = write_stages
+        self.assembler = Assembler(key=key, image_timeout=image_timeout, **dict(assembler_options or {}))
+        self.max_records = max_records
+        self.records: OrderedDict[tuple[int, int], ImageRecord] = OrderedDict()
+        self.summary = ReceiveSummary(out_dir=str(self.out_dir) if self.out_dir else None)
+        self._initial = [transports] if isinstance(transports, Transport) else list(transports)
+        self._max_decodes = max_decodes
+        self._listeners: list[Callable[[Stage], None]] = []
+        self._states: dict[tuple[int, int], _ImageState] = {}
+        self._readers: set[asyncio.Task[None]] = set()
+        self._readers_started = 0
+        self._readers_done = 0
+        self._timer_task: asyncio.Task[None] | None = None
+        self._timer_at: float | None = None
+        self._changed: asyncio.Event | None = None
+        self._timer_wake: asyncio.Event | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self._log: EventLog | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._t0 = 0.0
+        self.last_activity = 0.0
+        self._closed = False
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> ReceiveSession:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Start the timer task and the readers of the transports given at construction."""
+        if self._loop is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._t0 = self.last_activity = self._loop.time()
+        self._changed = asyncio.Event()
+        self._timer_wake = asyncio.Event()
+        self._sem = asyncio.Semaphore(self._max_decodes)
+        log_path = self.out_dir / EVENTS_FILE if self.out_dir is not None else None
+        self.summary.events_log = str(log_path) if log_path else None
+        self._log = EventLog(log_path, self._t0)
+        self._log.write({"event": "SessionStart", "decoder": getattr(self.decoder, "name", "?")}, self._t0)
+        self._timer_task = asyncio.create_task(self._timer_loop())
+        for t in self._initial:
+            self.add_transport(t)
+
+    async def close(self) -> None:
+        """Stop readers, timers and decodes (running threads are told to stop); close the event log."""
+        if self._closed or self._loop is None:
+            return
+        self._closed = True
+        tasks = [*self._readers, *(s.task for s in self._states.values() if s.task is not None)]
+        if self._timer_task is not None:
+            tasks.append(self._timer_task)
+        for s in self._states.values():
+            if s.stop is not None:
+                s.stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._log is not None:
+            self._log.write({"event": "SessionEnd", **self._totals()}, self._loop.time())
+            self._log.close()
+
+    @property
+    def t0(self) -> float:
+        """Event-loop time at which the session started."""
+        return self._t0
+
+    # --- transports ---------------------------------------------------------------------------------
+
+    def add_transport(self, transport: Transport, name: str = "") -> asyncio.Task[None]:
+        """Read packets from an open (or openable) transport in the background until it closes."""
+        self._readers_started += 1
+        task = asyncio.create_task(self._serve(transport, name))
+        self._readers.add(task)
+        task.add_done_callback(self._readers.discard)
+        return task
+
+    async def serve_transport(self, transport: Transport, name: str = "") -> None:
+        """Read packets from `transport` until it closes (usable as WebRTCServer's `on_transport`)."""
+        self._require_started()
+        self._readers_started += 1
+        await self._serve(transport, name)
+
+    async def _serve(self, transport: Transport, name: str) -> None:
+        loop = self._require_started()
+        label = name or type(transport).__name__
+        self._write({"event": "TransportOpen", "transport": label}, loop.time())
+        reason = "closed"
+        try:
+            await transport.open()
+            while True:
+                try:
+                    data = await transport.recv(timeout=3600.0)
+                except TransportClosed:
+                    break
+                self.feed(data)
+        except TransportError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("transport %s ended: %s", label, reason)
+        except LayercastError as exc:  # e.g. a truncated or oversized record in a file
+            reason = f"{type(exc).__name__}: {exc}"
+            self.summary.rejected += 1
+            self._count_reject(type(exc).__name__)
+            log.warning("transport %s stopped on bad input: %s", label, reason)
+        finally:
+            self._readers_done += 1
+            self._write({"event": "TransportClosed", "transport": label, "reason": reason}, loop.time())
+            self._poke()
+
+    def feed(self, data: bytes, now: float | None = None) -> None:
+        """Hand one packet to the assembler (event-loop time by default) and act on its events."""
+        loop = self._require_started()
+        now = loop.time() if now is None else now
+        self.summary.packets += 1
+        self.last_activity = now
+        self._handle(self.assembler.receive(data, now), now)
+        self._arm_timer()
+
+    async def finish(self) -> None:
+        """End of input: finish every open image now and wait until each has its final stage."""
+        loop = self._require_started()
+        now = loop.time()
+        self._handle(self.assembler.finish_all(now), now)
+        await self.wait_decodes()
+
+    async def wait_decodes(self) -> None:
+        """Wait until no decode is pending or running."""
+        while True:
+            tasks = [s.task for s in self._states.values() if s.task is not None and not s.task.done()]
+            if not tasks:
+                return
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def run(
+        self,
+        *,
+        count: int | None = None,
+        idle_timeout: float | None = None,
+        until_closed: bool = True,
+    ) -> ReceiveSummary:
+        """Receive until `count` images are final, or nothing arrived for `idle_timeout` seconds, or
+        (with `until_closed`) every transport added so far has closed. Open images are then finished."""
+        loop = self._require_started()
+        assert self._changed is not None
+        while True:
+            if count is not None and self.summary.images >= count:
+                break
+            if until_closed and self._readers_started and self._readers_done >= self._readers_started:
+                break
+            wait = 1.0
+            if idle_timeout is not None:
+                idle = loop.time() - self.last_activity
+                if idle >= idle_timeout and not self._busy():
+                    break
+                wait = min(wait, max(0.01, idle_timeout - idle))
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), wait)
+        if count is None or self.summary.images < count:
+            await self.finish()
+        else:
+            await self.wait_decodes()
+        return self.summary
+
+    # --- listeners ----------------------------------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[Stage], None]) -> Callable[[], None]:
+        """Call `callback(stage)` (on the event loop) for every stage; returns a function that removes it."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    async def stages(self, *, maxsize: int = 256) -> AsyncIterator[Stage]:
+        """Every stage from now on, as an async iterator (oldest dropped if the consumer falls behind)."""
+        queue: asyncio.Queue[Stage] = asyncio.Queue(maxsize)
+
+        def put(stage: Stage) -> None:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(stage)
+
+        remove = self.add_listener(put)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            remove()
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _require_started(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise InputError("ReceiveSession is not started: use `async with ReceiveSession(...)`")
+        return self._loop
+
+    def _busy(self) -> bool:
+        return any(s.task is not None and not s.task.done() for s in self._states.values())
+
+    def _poke(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    def _write(self, record: dict[str, Any], now: float) -> None:
+        if self._log is not None:
+            self._log.write(record, now)
+
+    def _totals(self) -> dict[str, Any]:
+        s = self.summary
+        return {
+            "images": s.images,
+            "complete": s.complete,
+            "partial": s.partial,
+            "stages": s.stages,
+            "rejected": s.rejected,
+            "packets": s.packets,
+            "assembler": dict(self.assembler.stats),
+        }
+
+    def _count_reject(self, error: str) -> None:
+        self.summary.reject_reasons[error] = self.summary.reject_reasons.get(error, 0) + 1
+
+    def _record(self, sid: int, iid: int, now: float) -> ImageRecord:
+        rec = self.records.get((sid, iid))
+        if rec is None:
+            rec = self.records[(sid, iid)] = ImageRecord(sid, iid, now)
+            while len(self.records) > self.max_records:
+                self.records.popitem(last=False)
+        return rec
+
+    def _arm_timer(self) -> None:
+        t = self.assembler.next_timer()
+        if t is not None and (self._timer_at is None or t < self._timer_at) and self._timer_wake is not None:
+            self._timer_wake.set()
+
+    async def _timer_loop(self) -> None:
+        loop = self._require_started()
+        assert self._timer_wake is not None
+        while True:
+            t = self.assembler.next_timer()
+            self._timer_at = t
+            self._timer_wake.clear()
+            if t is None:
+                await self._timer_wake.wait()
+                continue
+            delay = t - loop.time()
+            if delay > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._timer_wake.wait(), delay)
+                continue
+            now = loop.time()
+            self._handle(self.assembler.handle_timer(now), now)
+
+    def _handle(self, events: list[Event], now: float) -> None:
+        for ev in events:
+            rec = event_record(ev)
+            if isinstance(ev, PacketRejected):
+                self.summary.rejected += 1
+                self._count_reject(ev.error)
+                self._write(rec, now)
+                continue
+            r = self._record(ev.stream_id, ev.image_id, now)
+            if isinstance(ev, LayerComplete):
+                r.layers[ev.family] = LayerArrival(ev.time, True, 0, 0, ev.wire_bytes, ev.recovered)
+            elif isinstance(ev, LayerPartial):
+                r.layers[ev.family] = LayerArrival(ev.time, False, len(ev.missing_units), ev.unit_count)
+            elif isinstance(ev, LayerSetChanged):
+                self._schedule(ev.stream_id, ev.image_id, _Job(ev.layers, layer_signature(ev.layers), ev.reason, False))
+            elif isinstance(ev, ImageReady):
+                r.complete, r.partial, r.missing = ev.complete, ev.partial_families, ev.missing_families
+                self._schedule(
+                    ev.stream_id,
+                    ev.image_id,
+                    _Job(ev.layers, layer_signature(ev.layers), "image ready", True, ev),
+                )
+            self._write(rec, now)
+
+    def _schedule(self, sid: int, iid: int, job: _Job) -> None:
+        st = self._states.get((sid, iid))
+        if st is None:
+            st = self._states[(sid, iid)] = _ImageState()
+        if st.pending is not None and st.pending.final:
+            return  # nothing follows the final job
+        st.pending = job
+        if st.running is not None and st.stop is not None and st.running.sig != job.sig:
+            st.stop.set()  # a richer layer set arrived: the running decode is stale
+        if st.task is None or st.task.done():
+            st.task = asyncio.create_task(self._decode_loop(sid, iid, st))
+
+    async def _decode_loop(self, sid: int, iid: int, st: _ImageState) -> None:
+        assert self._sem is not None and self._loop is not None
+        loop = self._loop
+        while st.pending is not None:
+            job, st.pending = st.pending, None
+            if job.sig == st.last_sig and st.last_stage is not None:
+                if job.final:
+                    await self._emit(sid, iid, st, job, st.last_stage.rgb, st.last_stage.decode_ms, reuse=True)
+                continue
+            stop = threading.Event()
+            st.running, st.stop = job, stop
+            try:
+                async with self._sem:
+                    if stop.is_set() and not job.final:
+                        rgb, ms, error = None, 0.0, None
+                    else:
+                        rgb, ms, error = await asyncio.to_thread(self._decode, job.layers, stop)
+            finally:
+                st.running, st.stop = None, None
+            if stop.is_set() and not job.final:
+                self.summary.cancelled += 1
+                self._write(
+                    {"event": "DecodeCancelled", "stream_id": sid, "image_id": iid, "reason": job.reason,
+                     "layers": job.layers.present(), "decode_ms": round(ms, 2)},
+                    loop.time(),
+                )
+                continue
+            if rgb is None:
+                self.summary.decode_failures += 1
+                self._write(
+                    {"event": "DecodeFailed", "stream_id": sid, "image_id": iid, "error": error,
+                     "final": job.final},
+                    loop.time(),
+                )
+                if not job.final:
+                    continue
+                rgb, ms, error = await asyncio.to_thread(self._fallback_decode, job.layers)
+                if rgb is None:  # even the preview decoder failed: a grey frame keeps the promise
+                    rgb = np.full((job.layers.height, job.layers.width, 3), 128, np.uint8)
+            await self._emit(sid, iid, st, job, rgb, ms, reuse=False)
+        if st.pending is None and st.last_stage is not None and st.last_stage.final:
+            self._states.pop((sid, iid), None)
+
+    def _decode(self, layers: LayerSet, stop: threading.Event) -> tuple[np.ndarray | None, float, str | None]:
+        t = time.perf_counter()
+        try:
+            rgb = _as_rgb(self.decoder.decode(layers, should_stop=stop.is_set), layers)
+        except LayercastError as exc:
+            return None, (time.perf_counter() - t) * 1e3, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            log.exception("decoder %s crashed", getattr(self.decoder, "name", "?"))
+            return None, (time.perf_counter() - t) * 1e3, f"{type(exc).__name__}: {exc}"
+        return rgb, (time.perf_counter() - t) * 1e3, None
+
+    @staticmethod
+    def _fallback_decode(layers: LayerSet) -> tuple[np.ndarray | None, float, str | None]:
+        from layercast.receiver.preview import PreviewDecoder
+
+        t = time.perf_counter()
+        try:
+            rgb = PreviewDecoder().decode(layers)
+        except LayercastError as exc:
+            return None, 0.0, str(exc)
+        return rgb, (time.perf_counter() - t) * 1e3, None
+
+    async def _emit(
+        self, sid: int, iid: int, st: _ImageState, job: _Job, rgb: np.ndarray, ms: float, *, reuse: bool
+    ) -> None:
+        assert self._loop is not None
+        rec = self._record(sid, iid, self._loop.time())
+        index = rec.stages if reuse else rec.stages + 1
+        path = None
+        folder = self.out_dir / str(sid) / str(iid) if self.out_dir is not None and self.write_stages else None
+        if folder is not None:
+            path = folder / f"stage-{index}.png"
+            if not reuse:
+                await asyncio.to_thread(save_png_fast, path, rgb)
+            if job.final:
+                await asyncio.to_thread(_copy, path, folder / "final.png")
+                path = folder / "final.png"
+        now = self._loop.time()
+        ready = job.ready
+        stage = Stage(
+            stream_id=sid,
+            image_id=iid,
+            index=index,
+            final=job.final,
+            layers=tuple(job.layers.present()),
+            reason=job.reason,
+            rgb=rgb,
+            decode_ms=ms,
+            time=now,
+            decoder=getattr(self.decoder, "name", "?"),
+            path=path,
+            complete=ready.complete if ready is not None else None,
+            partial=ready.partial_families if ready is not None else (),
+            missing=ready.missing_families if ready is not None else (),
+        )
+        if not reuse:
+            rec.stages = index
+            self.summary.stages += 1
+            if rec.first_stage is None:
+                rec.first_stage = now
+        st.last_sig, st.last_stage = job.sig, stage
+        if job.final:
+            rec.final = stage
+            self.summary.images += 1
+            if ready is not None and ready.complete:
+                self.summary.complete += 1
+            else:
+                self.summary.partial += 1
+        record = stage.record()
+        record["reused"] = reuse
+        self._write(record, now)
+        for listener in list(self._listeners):
+            listener(stage)
+        if job.final:
+            self._poke()
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.write_bytes(src.read_bytes())
+
+
+def _as_rgb(rgb: Any, layers: LayerSet) -> np.ndarray:
+    arr = np.asarray(rgb)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise InputError(
+            f"decoder returned {arr.dtype} {arr.shape}; the Decoder protocol wants uint8 (H, W, 3)"
+        )
+    if arr.shape[:2] != (layers.height, layers.width):
+        raise InputError(
+            f"decoder returned {arr.shape[1]}x{arr.shape[0]}, the image is {layers.width}x{layers.height}"
+        )
+    return arr

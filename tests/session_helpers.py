@@ -1,0 +1,56 @@
+"""Shared helpers of the streaming-session tests: encoded sample images and their file-container decode."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAMPLES = Path(__file__).resolve().parents[1] / "layercast" / "samples"
+ENCODE_FLAGS: tuple[str, ...] = ("--resize", "256")
+"""`layercast encode` flags of the test images (small, so the tests stay fast)."""
+
+
+def sample_paths() -> list[Path]:
+    """The bundled sample images (sorted)."""
+    return sorted(SAMPLES.glob("*.jpg"))
+
+
+@functools.cache
+def encoded_samples() -> tuple[Any, ...]:
+    """EncodeResults of every sample image (cached for the test session)."""
+    from layercast.cli import build_parser, encode_path
+
+    args = build_parser().parse_args(["encode", "x", "-o", "x", *ENCODE_FLAGS])
+    return tuple(encode_path(p, args) for p in sample_paths())
+
+
+def file_decodes(results: Any) -> list[np.ndarray]:
+    """Reference outputs: encode -> .lcs container -> parse -> preview decode, image by image."""
+    from layercast.proto import framing
+    from layercast.receiver.layers import layerset_from_image
+    from layercast.receiver.preview import PreviewDecoder
+
+    out = []
+    for r in results:
+        (img,) = framing.container_to_images(framing.images_to_container([r.image]))
+        out.append(PreviewDecoder().decode(layerset_from_image(img)))
+    return out
+
+
+def read_png(path: Path | bytes) -> np.ndarray:
+    """RGB pixels of a PNG file or PNG bytes."""
+    from PIL import Image
+
+    src = io.BytesIO(path) if isinstance(path, bytes) else path
+    with Image.open(src) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def read_events(out: Path) -> list[dict[str, Any]]:
+    """Records of `<out>/events.jsonl`."""
+    return [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]

@@ -1,0 +1,87 @@
+"""`layercast send / receive / demo` in-process, and the live view served and fetched over HTTP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layercast.cli import main
+from layercast.common.transport.memory import memory_pair
+from layercast.receiver.session import ReceiveSession
+from layercast.receiver.web import LiveView
+from layercast.sender.session import SendSession
+from tests.session_helpers import ENCODE_FLAGS, encoded_samples, file_decodes, read_png, sample_paths
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_send_to_file_then_receive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lcs, out = tmp_path / "s.lcs", tmp_path / "out"
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in sample_paths()[:2]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    assert main(["send", str(folder), "--to", f"file:{lcs}", "--stream-id", "3", "--json", *ENCODE_FLAGS]) == 0
+    sent = json.loads(capsys.readouterr().out)
+    assert [i["image_id"] for i in sent["images"]] == [0, 1] and sent["failed"] == []
+    assert main(["receive", "--on", f"file:{lcs}", "--out", str(out), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["images"] == got["complete"] == 2 and got["rejected"] == 0
+    for iid, ref in enumerate(file_decodes(encoded_samples()[:2])):
+        assert np.array_equal(read_png(out / "3" / str(iid) / "final.png"), ref)
+    assert (out / "events.jsonl").is_file()
+
+
+def test_send_rejects_unknown_destination(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["send", str(sample_paths()[0]), "--to", "carrier-pigeon://x"]) == 1
+    assert "unknown address" in capsys.readouterr().err
+
+
+def test_demo_runs_and_writes_stages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    argv = ["demo", "--limit", "2", "--out", str(out), "--rate", "40k", "--delay", "50ms", "--json", *ENCODE_FLAGS]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["images"]) == 2 and doc["out"] == str(out)
+    for row in doc["images"]:
+        assert row["layers"]["semantic"]["ms"] >= 50, "arrival includes the emulated one-way delay"
+        assert row["stages"] >= 1 and Path(row["final"]).is_file()
+    assert list(out.glob("1/*/stage-1.png")) and doc["seconds"]["total"] < 60
+    assert main(["demo", "--limit", "1", "--out", str(out), "--rate", "40k", *ENCODE_FLAGS]) == 0
+    text = capsys.readouterr().out
+    assert "semantic" in text and f"output: {out}" in text
+
+
+async def test_live_view_page_events_and_png(tmp_path: Path) -> None:
+    from aiohttp import ClientSession
+
+    from layercast.common.transport.signalling import WebRTCServer
+
+    a, b = memory_pair()
+    async with ReceiveSession(b) as rx:
+        view = LiveView(rx)
+        server = WebRTCServer("127.0.0.1", 0)
+        server.add_routes(view.routes())  # mounted beside the signalling endpoint
+        async with server, ClientSession() as http:
+            base = f"http://127.0.0.1:{server.port}"
+            async with SendSession(a, stream_id=6) as tx:
+                await tx.send_image(encoded_samples()[0].image)
+            await rx.run(count=1, until_closed=False)
+            async with http.get(base + "/") as r:
+                assert r.status == 200 and "Layercast live view" in await r.text()
+            async with http.get(base + "/events") as r:
+                doc = await r.json()
+            assert [s["stream_id"] for s in doc["streams"]] == [6] and doc["streams"][0]["final"]
+            async with http.get(base + "/stage/6/0/latest.png") as r:
+                assert r.status == 200 and r.content_type == "image/png"
+                png = await r.read()
+            assert png[:8] == b"\x89PNG\r\n\x1a\n"
+            assert np.array_equal(read_png(png), file_decodes(encoded_samples()[:1])[0])
+            async with http.get(base + "/stage/6/99/latest.png") as r:
+                assert r.status == 404
+            async with http.get(base + "/offer") as r:
+                assert r.status == 405, "the signalling endpoint is still there (POST only)"
+        view.close()
