@@ -292,6 +292,7 @@ def packetize(
             probe = pb.Packet()
             probe.CopyFrom(skel)
             probe.header.CopyFrom(img.header)
+            probe.header.layer_count = len(img.layers)
             big = limits.MAX_FRAGMENTS - 1
             probe.fragment_index = probe.fragment_count = probe.unit_first = big
             probe.part_index = probe.part_count = probe.repair_count = big
@@ -312,6 +313,9 @@ def packetize(
             p.payload = payload
             if with_header and index == 0:
                 p.header.CopyFrom(img.header)
+                p.header.layer_count = len(img.layers)
+                if priority > 0:
+                    p.header.ClearField("hints")  # hints ride once, with the first layer
             packets.append(p)
     return packets
 

@@ -58,16 +58,18 @@ class DecoderHints(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., cfg_scale: _Optional[float] = ..., sampler: _Optional[str] = ..., model_hash: _Optional[str] = ..., model_name: _Optional[str] = ...) -> None: ...
 
 class ImageHeader(_message.Message):
-    __slots__ = ("width", "height", "seed", "hints")
+    __slots__ = ("width", "height", "seed", "hints", "layer_count")
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     HINTS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_COUNT_FIELD_NUMBER: _ClassVar[int]
     width: int
     height: int
     seed: int
     hints: DecoderHints
-    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., seed: _Optional[int] = ..., hints: _Optional[_Union[DecoderHints, _Mapping]] = ...) -> None: ...
+    layer_count: int
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., seed: _Optional[int] = ..., hints: _Optional[_Union[DecoderHints, _Mapping]] = ..., layer_count: _Optional[int] = ...) -> None: ...
 
 class PromptParams(_message.Message):
     __slots__ = ("model_version", "has_negative")

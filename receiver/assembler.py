@@ -1,0 +1,504 @@
+"""Sans-I/O progressive assembler: wire packets in, typed events out. No sockets, no sleeps, no clock.
+
+    asm = Assembler(key=None, image_timeout=10.0)
+    for ev in asm.receive(wire_bytes, now):      # any order, duplicates, losses
+        ...                                       # LayerSetChanged -> decode a fresher preview
+    t = asm.next_timer()                          # call handle_timer(t) when the clock reaches it
+    asm.finish_all(now)                           # end of stream: every open image yields ImageReady
+
+Per (stream, image) it verifies (CRC, auth + replay window when keyed), drops duplicates, recovers
+lost fragments with FEC, rebuilds units, decodes each layer with its registered codec (a partial layer
+where the codec allows it, e.g. an edge map with a `known` mask) and emits the events of
+`receiver.events`. Every image that got a packet yields exactly one ImageReady: when its expected layer
+families are complete, or `image_timeout` seconds after its last packet (at most `max_image_age` after
+its first), or when `max_images` newer images push it out. Memory is bounded by `max_images` x
+`max_bytes_per_image` plus the decoded values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from layercast.common import limits
+from layercast.common.errors import AuthError, BitstreamError, CodecError, LayercastError, LimitError
+from layercast.common.fec import BLOCK_HEADER, FEC_ZFEC, ZFEC_MAX_BLOCKS, block_size, recover
+from layercast.common.registry import decode_layer
+from layercast.common.replay import KeyRing, ReplayWindow, as_keyring
+from layercast.common.types import DEFAULT_ORDER, LayerKind, LayerSet
+from layercast.proto import pb
+from layercast.proto.framing import collect_units, decode_packet
+from layercast.receiver.events import (
+    Event,
+    ImageReady,
+    LayerComplete,
+    LayerPartial,
+    LayerSetChanged,
+    PacketRejected,
+)
+
+DEFAULT_LONG_SIDE = 512
+"""Long side of the image size assumed when no packet with the image header arrived."""
+
+
+@dataclass
+class _Layer:
+    kind: LayerKind
+    desc: pb.LayerDescriptor
+    k: int
+    r: int
+    fec: int
+    frags: dict[int, pb.Packet] = field(default_factory=dict)
+    repair_size: int | None = None
+    stored_bytes: int = 0
+    wire_bytes: int = 0
+    recovered: int = 0
+    units: list[bytes | None] | None = None
+    units_known: int = 0
+    value: Any = None
+    complete: bool = False
+    failed: bool = False
+    partial_known: int = -1  # units_known at the last LayerPartial (-1: none emitted)
+    partial_due: float | None = None
+    last_partial: float = -math.inf
+
+    @property
+    def family(self) -> str:
+        return self.kind.family
+
+
+@dataclass
+class _Image:
+    stream_id: int
+    image_id: int
+    first: float
+    last: float
+    header: pb.ImageHeader | None = None
+    layers: dict[int, _Layer] = field(default_factory=dict)
+    nbytes: int = 0
+
+
+class Assembler:
+    """Reassemble images from packets; see the module docstring.
+
+    `key`: None (unauthenticated), one key for every stream, a ``{stream_id: key}`` mapping or a
+    :class:`~layercast.common.replay.KeyRing`. When keyed, every packet must authenticate and carry a
+    fresh `sequence` (>= 1, per stream, within a `replay_window`-packet window).
+    `expected_families`: the layer families that make an image complete (used until the bitstream's
+    ImageHeader carries a `layer_count`; then that count decides).
+    `partial_interval`: least time between two partial decodes of one layer (later units are decoded
+    at the next timer).
+    """
+
+    def __init__(
+        self,
+        key: bytes | Mapping[int, bytes] | KeyRing | None = None,
+        image_timeout: float = 10.0,
+        max_images: int = 64,
+        max_bytes_per_image: int = 2 * 1024 * 1024,
+        *,
+        max_image_age: float | None = None,
+        max_fragments_per_layer: int = limits.MAX_FRAGMENTS,
+        expected_families: Sequence[str] = DEFAULT_ORDER,
+        partial_interval: float = 0.25,
+        replay_window: int = 64,
+        max_streams: int = 1024,
+        max_finished: int = 4096,
+    ) -> None:
+        if not image_timeout > 0:
+            raise ValueError("image_timeout must be positive")
+        if max_images < 1 or max_bytes_per_image < 1 or max_fragments_per_layer < 1:
+            raise ValueError("max_images, max_bytes_per_image and max_fragments_per_layer must be >= 1")
+        self.keys = as_keyring(key)
+        self.image_timeout = float(image_timeout)
+        self.max_image_age = float(max_image_age) if max_image_age is not None else 6.0 * self.image_timeout
+        self.max_images = max_images
+        self.max_bytes_per_image = max_bytes_per_image
+        self.max_fragments_per_layer = max_fragments_per_layer
+        self.expected_families = tuple(expected_families)
+        self.partial_interval = partial_interval
+        self.replay_window = replay_window
+        self.max_streams = max_streams
+        self.max_finished = max_finished
+        self._images: OrderedDict[tuple[int, int], _Image] = OrderedDict()
+        self._finished: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._windows: OrderedDict[int, ReplayWindow] = OrderedDict()
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("packets", "accepted", "rejected", "duplicate", "redundant", "late", "recovered", "images"), 0
+        )
+        """Counters: packets seen, accepted, rejected, duplicates dropped, redundant (layer already
+        complete), late (image already finished), fragments recovered by FEC, images finished."""
+
+    # --- public API -----------------------------------------------------------------------------------
+
+    @property
+    def images_in_flight(self) -> int:
+        return len(self._images)
+
+    def receive(self, data: bytes, now: float) -> list[Event]:
+        """Process one packet's wire bytes received at `now`; returns the events it caused."""
+        self.stats["packets"] += 1
+        try:
+            p = self._authenticate(data)
+        except LayercastError as exc:
+            return [self._reject(None, None, exc, now)]
+        sid, iid = p.stream_id, p.image_id
+        if (sid, iid) in self._finished:
+            self.stats["late"] += 1
+            return []
+        events: list[Event] = []
+        img = self._images.get((sid, iid))
+        if img is None:
+            while len(self._images) >= self.max_images:
+                events += self._finish(next(iter(self._images.values())), now)
+            img = self._images[(sid, iid)] = _Image(sid, iid, first=now, last=now)
+        img.last = max(img.last, now)
+        try:
+            events += self._add(img, p, len(data), now)
+        except LayercastError as exc:
+            events.append(self._reject(sid, iid, exc, now))
+            if not img.layers and img.header is None:
+                del self._images[(sid, iid)]  # a rejected first packet does not open an image
+        return events
+
+    def next_timer(self) -> float | None:
+        """The next time `handle_timer` has work (an image timeout or a deferred partial decode)."""
+        times = [self._deadline(img) for img in self._images.values()]
+        times += [
+            L.partial_due for img in self._images.values() for L in img.layers.values() if L.partial_due is not None
+        ]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> list[Event]:
+        """Run due partial decodes and finish images whose time is up."""
+        events: list[Event] = []
+        for img in list(self._images.values()):
+            for L in img.layers.values():
+                if L.partial_due is not None and L.partial_due <= now:
+                    events += self._partial(img, L, now)
+            if self._deadline(img) <= now:
+                events += self._finish(img, now)
+        return events
+
+    def finish_all(self, now: float) -> list[Event]:
+        """Finish every open image now (end of stream): each yields its ImageReady."""
+        events: list[Event] = []
+        for img in list(self._images.values()):
+            events += self._finish(img, now)
+        return events
+
+    # --- packet intake --------------------------------------------------------------------------------
+
+    def _authenticate(self, data: bytes) -> pb.Packet:
+        keys = self.keys
+        if not keys.keyed:
+            return decode_packet(data)
+        if keys.streams:
+            sid = decode_packet(data).stream_id  # unauthenticated peek, only to pick the key
+            key = keys.key_for(sid)
+            if key is None:
+                raise AuthError(f"no key is configured for stream {sid}")
+        else:
+            key = keys.default
+        p = decode_packet(data, key=key)
+        window = self._windows.get(p.stream_id)
+        if window is None:
+            window = self._windows[p.stream_id] = ReplayWindow(self.replay_window)
+            while len(self._windows) > self.max_streams:
+                self._windows.popitem(last=False)
+        else:
+            self._windows.move_to_end(p.stream_id)
+        try:
+            window.check(p.sequence)
+        except AuthError as exc:
+            raise _Located(p, exc) from None
+        window.update(p.sequence)
+        return p
+
+    def _reject(self, sid: int | None, iid: int | None, exc: LayercastError, now: float) -> PacketRejected:
+        self.stats["rejected"] += 1
+        if isinstance(exc, _Located):
+            sid, iid, exc = exc.packet.stream_id, exc.packet.image_id, exc.error
+        return PacketRejected(sid, iid, str(exc), type(exc).__name__, now)
+
+    def _add(self, img: _Image, p: pb.Packet, nbytes: int, now: float) -> list[Event]:
+        # Check everything first; change state only for a packet that passes.
+        new_header = p.HasField("header") and img.header is None
+        # decoder hints ride only on the first layer's header; the rest of the header must agree everywhere
+        new_hints = (
+            p.HasField("header")
+            and img.header is not None
+            and p.header.HasField("hints")
+            and not img.header.HasField("hints")
+        )
+        if p.HasField("header") and img.header is not None and _header_core(img.header) != _header_core(p.header):
+            raise BitstreamError("image header differs from the one an earlier fragment carried")
+        L = img.layers.get(p.kind)
+        new_layer = L is None
+        if L is None:
+            L = self._new_layer(p)
+        else:
+            self._check_consistent(L, p)
+        idx = p.fragment_index
+        redundant = L.complete or L.failed
+        duplicate = not redundant and idx in L.frags
+        if not (redundant or duplicate):
+            if img.nbytes + nbytes > self.max_bytes_per_image:
+                raise LimitError(f"image {img.image_id} exceeds the {self.max_bytes_per_image}-byte limit per image")
+            if idx >= L.k:
+                self._check_repair(L, p)
+            elif L.repair_size is not None and block_size(p) > L.repair_size:
+                raise BitstreamError("data fragment is larger than the layer's FEC block size")
+        events: list[Event] = []
+        if new_layer:
+            img.layers[p.kind] = L
+        if new_header:
+            img.header = pb.ImageHeader()
+            img.header.CopyFrom(p.header)
+            events += self._header_changed(img, now)
+        elif new_hints and img.header is not None:
+            img.header.hints.CopyFrom(p.header.hints)
+        if redundant or duplicate:
+            self.stats["redundant" if redundant else "duplicate"] += 1
+            if new_header and self._is_complete(img):
+                events += self._finish(img, now)
+            return events
+        self.stats["accepted"] += 1
+        if idx >= L.k:
+            L.repair_size = len(p.payload)
+        L.frags[idx] = p
+        L.stored_bytes += nbytes
+        L.wire_bytes += nbytes
+        img.nbytes += nbytes
+        try:
+            events += self._progress(img, L, [p] if idx < L.k else [], now)
+        except LayercastError as exc:
+            self._fail(img, L)
+            events.append(self._reject(img.stream_id, img.image_id, exc, now))
+        return events
+
+    def _new_layer(self, p: pb.Packet) -> _Layer:
+        if not p.HasField("layer"):
+            raise BitstreamError("the first fragment of a layer carries no layer descriptor")
+        if p.fragment_count + p.repair_count > self.max_fragments_per_layer:
+            raise LimitError(
+                f"layer declares {p.fragment_count}+{p.repair_count} fragments, more than the "
+                f"{self.max_fragments_per_layer} allowed per layer"
+            )
+        desc = pb.LayerDescriptor()
+        desc.CopyFrom(p.layer)
+        fec = FEC_ZFEC if p.fec_scheme == FEC_ZFEC or p.fragment_index >= p.fragment_count else p.fec_scheme
+        return _Layer(LayerKind(p.kind), desc, p.fragment_count, p.repair_count, fec)
+
+    @staticmethod
+    def _check_consistent(L: _Layer, p: pb.Packet) -> None:
+        if p.fragment_count != L.k or p.repair_count != L.r:
+            raise BitstreamError(
+                f"fragment declares {p.fragment_count}+{p.repair_count} fragments; its layer has {L.k}+{L.r}"
+            )
+        if p.HasField("layer") and p.layer.SerializeToString(deterministic=True) != L.desc.SerializeToString(
+            deterministic=True
+        ):
+            raise BitstreamError("layer descriptor differs from the one an earlier fragment carried")
+
+    @staticmethod
+    def _check_repair(L: _Layer, p: pb.Packet) -> None:
+        if p.fec_scheme != FEC_ZFEC:
+            raise BitstreamError(f"repair fragment with fec_scheme {p.fec_scheme}; this build knows {FEC_ZFEC} (zfec)")
+        if L.k + L.r > ZFEC_MAX_BLOCKS:
+            raise LimitError(f"FEC block of {L.k}+{L.r} fragments exceeds zfec's {ZFEC_MAX_BLOCKS}")
+        if len(p.payload) < BLOCK_HEADER.size or (L.repair_size is not None and len(p.payload) != L.repair_size):
+            raise BitstreamError("repair fragment size differs from the layer's other repair fragments")
+        if any(i < L.k and block_size(f) > len(p.payload) for i, f in L.frags.items()):
+            raise BitstreamError("repair fragment is smaller than a data fragment of its layer")
+
+    # --- layer progress -------------------------------------------------------------------------------
+
+    def _progress(self, img: _Image, L: _Layer, new: list[pb.Packet], now: float) -> list[Event]:
+        events: list[Event] = []
+        data_count = sum(1 for i in L.frags if i < L.k)
+        if data_count < L.k and L.r and len(L.frags) >= L.k:
+            for f in recover(list(L.frags.values())):
+                if f.fragment_index not in L.frags:
+                    L.frags[f.fragment_index] = f
+                    L.recovered += 1
+                    self.stats["recovered"] += 1
+                    new.append(f)
+                    if f.HasField("header") and img.header is None:
+                        img.header = pb.ImageHeader()
+                        img.header.CopyFrom(f.header)  # the lost fragment's header, restored by FEC
+                        events += self._header_changed(img, now)
+        if not new:
+            return events
+        units = self._merge_units(L, new)
+        known = sum(u is not None for u in units)
+        if known == len(units):
+            return events + self._complete(img, L, units, now)
+        if known > L.units_known:
+            L.units_known = known
+            if now - L.last_partial >= self.partial_interval:
+                return events + self._partial(img, L, now)
+            L.partial_due = L.last_partial + self.partial_interval
+        return events
+
+    def _header_changed(self, img: _Image, now: float) -> list[Event]:
+        if any(x.value is not None for x in img.layers.values()):
+            return [LayerSetChanged(img.stream_id, img.image_id, self._layerset(img), "header", now)]
+        return []
+
+    @staticmethod
+    def _merge_units(L: _Layer, new: list[pb.Packet]) -> list[bytes | None]:
+        """Add the units carried by the `new` data fragments to the layer's unit list (incremental)."""
+        n = L.desc.unit_count
+        if L.units is None:
+            L.units = [None] * n
+        units = L.units
+        for f in new:
+            if f.part_count > 1:
+                group = [g for i, g in L.frags.items() if i < L.k and g.part_count > 1 and g.unit_first == f.unit_first]
+                got = collect_units(n, group)
+            else:
+                got = collect_units(n, [f])
+            for i, u in enumerate(got):
+                if u is not None and units[i] is None:
+                    units[i] = u
+        return units
+
+    def _complete(self, img: _Image, L: _Layer, units: list[bytes | None], now: float) -> list[Event]:
+        value = decode_layer(L.desc, units)
+        L.value, L.complete, L.partial_due = value, True, None
+        L.units_known = len(units)
+        img.nbytes -= L.stored_bytes  # the fragments are no longer needed
+        L.frags.clear()
+        L.stored_bytes = 0
+        payload = sum(len(u) for u in units if u is not None)
+        layers = self._layerset(img)
+        events: list[Event] = [
+            LayerComplete(
+                img.stream_id, img.image_id, L.family, L.kind, value, payload, now, L.wire_bytes, L.recovered
+            ),
+            LayerSetChanged(img.stream_id, img.image_id, layers, f"{L.family} complete", now),
+        ]
+        if self._is_complete(img):
+            events += self._finish(img, now, layers)
+        return events
+
+    def _is_complete(self, img: _Image) -> bool:
+        """All layers arrived: as many complete layers as the header's `layer_count` where the bitstream
+        has that field, else every family of `expected_families`."""
+        count = int(getattr(img.header, "layer_count", 0)) if img.header is not None else 0
+        if count:
+            return sum(L.complete for L in img.layers.values()) >= count
+        done = {L.family for L in img.layers.values() if L.complete}
+        return all(f in done for f in self.expected_families)
+
+    def _partial(self, img: _Image, L: _Layer, now: float) -> list[Event]:
+        L.partial_due = None
+        L.last_partial = now
+        L.partial_known = L.units_known
+        units = L.units if L.units is not None else [None] * L.desc.unit_count
+        value = None
+        if L.units_known:
+            try:
+                value = decode_layer(L.desc, units)
+            except CodecError:
+                value = None  # this codec cannot use a partial layer (or this one)
+        missing = tuple(i for i, u in enumerate(units) if u is None)
+        events: list[Event] = [
+            LayerPartial(img.stream_id, img.image_id, L.family, missing, value, now, L.kind, len(units))
+        ]
+        if value is not None:
+            L.value = value
+            events.append(LayerSetChanged(img.stream_id, img.image_id, self._layerset(img), f"{L.family} partial", now))
+        return events
+
+    def _fail(self, img: _Image, L: _Layer) -> None:
+        L.failed, L.partial_due = True, None
+        img.nbytes -= L.stored_bytes
+        L.frags.clear()
+        L.stored_bytes = 0
+
+    # --- finishing ------------------------------------------------------------------------------------
+
+    def _deadline(self, img: _Image) -> float:
+        return min(img.last + self.image_timeout, img.first + self.max_image_age)
+
+    def _finish(self, img: _Image, now: float, layers: LayerSet | None = None) -> list[Event]:
+        events: list[Event] = []
+        for L in img.layers.values():
+            if not L.complete and not L.failed and (L.partial_due is not None or L.partial_known != L.units_known):
+                events += self._partial(img, L, now)
+        key = (img.stream_id, img.image_id)
+        del self._images[key]
+        self._finished[key] = None
+        while len(self._finished) > self.max_finished:
+            self._finished.popitem(last=False)
+        self.stats["images"] += 1
+        complete_fams = {L.family for L in img.layers.values() if L.complete}
+        seen = {L.family for L in img.layers.values()}
+        partial = tuple(
+            f for f in (*DEFAULT_ORDER, *sorted(seen - set(DEFAULT_ORDER))) if f in seen and f not in complete_fams
+        )
+        complete = self._is_complete(img)
+        missing = () if complete else tuple(f for f in self.expected_families if f not in seen)
+        layers = layers if layers is not None else self._layerset(img)
+        events.append(ImageReady(img.stream_id, img.image_id, layers, complete, partial, now, missing))
+        return events
+
+    # --- layer sets -----------------------------------------------------------------------------------
+
+    def _layerset(self, img: _Image) -> LayerSet:
+        header = pb.ImageHeader()
+        header.CopyFrom(img.header if img.header is not None else _guess_header(img))
+        values: dict[str, list[tuple[bool, bool, Any]]] = {}
+        for L in img.layers.values():
+            if L.value is not None:
+                values.setdefault(L.family, []).append((L.complete, L.kind == LayerKind.STRUCTURE_EDGES, L.value))
+
+        def best(family: str) -> Any:
+            cands = values.get(family)
+            return max(cands, key=lambda c: (c[0], c[1]))[2] if cands else None
+
+        return LayerSet(header=header, prompt=best("semantic"), structure=best("structure"), texture=best("texture"))
+
+
+def _guess_header(img: _Image) -> pb.ImageHeader:
+    """Image size from a layer descriptor's aspect ratio at DEFAULT_LONG_SIDE; seed absent (0)."""
+    w = h = 0
+    for kind in (LayerKind.STRUCTURE_EDGES, LayerKind.STRUCTURE_POSE, LayerKind.TEXTURE):
+        L = img.layers.get(kind)
+        if L is None:
+            continue
+        params = L.desc.WhichOneof("params")
+        if params == "edges":
+            w, h = L.desc.edges.width, L.desc.edges.height
+        elif params == "pose":
+            w, h = L.desc.pose.width, L.desc.pose.height
+        elif params == "colormap":
+            w, h = L.desc.colormap.grid_width, L.desc.colormap.grid_height
+        if w and h:
+            break
+    if not (w and h):
+        return pb.ImageHeader(width=DEFAULT_LONG_SIDE, height=DEFAULT_LONG_SIDE)
+    scale = DEFAULT_LONG_SIDE / max(w, h)
+    return pb.ImageHeader(width=max(1, round(w * scale)), height=max(1, round(h * scale)))
+
+
+class _Located(LayercastError):
+    """An error on an authenticated packet whose stream and image ids can be reported."""
+
+    def __init__(self, packet: pb.Packet, error: LayercastError) -> None:
+        super().__init__(str(error))
+        self.packet = packet
+        self.error = error
+
+
+def _header_core(header: pb.ImageHeader) -> bytes:
+    """A header's bytes without its decoder hints (which only the first layer carries)."""
+    core = pb.ImageHeader()
+    core.CopyFrom(header)
+    core.ClearField("hints")
+    return core.SerializeToString(deterministic=True)
