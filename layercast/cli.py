@@ -300,6 +300,7 @@ def result_summary(name: str, res: Any) -> dict[str, Any]:
         "layer_bytes": res.layer_bytes(),
         "edge_long_side": res.rung.long_side if res.rung else None,
         "texture_quality": res.texture_quality,
+        "negative_dropped": res.negative_dropped,
         "encode_ms": round(res.timings_ms.get("total_ms", 0.0), 2),
     }
 

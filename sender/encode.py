@@ -18,8 +18,7 @@ import numpy as np
 
 from layercast.common.errors import InputError
 from layercast.common.metrics import budget_bytes
-from layercast.common.registry import get_codec
-from layercast.common.registry import EDGES_CTX, COLORMAP_PRED, POSE_KEYPOINTS
+from layercast.common.registry import COLORMAP_PRED, EDGES_CTX, POSE_KEYPOINTS, get_codec
 from layercast.common.types import (
     DEFAULT_ORDER,
     EdgeMap,
@@ -86,6 +85,8 @@ class EncodeResult:
     rung: Rung | None
     texture_quality: int | None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    negative_dropped: bool = False
+    """True when the negative prompt was left out so that structure and texture fit the budget."""
 
     @property
     def total_bytes(self) -> int:
@@ -96,7 +97,9 @@ class EncodeResult:
         return {layer.kind.family: layer.nbytes for layer in self.image.layers}
 
 
-def make_header(width: int, height: int, seed: int | None = None, hints: pb.DecoderHints | None = None) -> pb.ImageHeader:
+def make_header(
+    width: int, height: int, seed: int | None = None, hints: pb.DecoderHints | None = None
+) -> pb.ImageHeader:
     """The image header for a width x height image."""
     header = pb.ImageHeader(width=width, height=height)
     if seed is not None:
@@ -128,7 +131,8 @@ def encode_image(
     """Encode one RGB uint8 image (H, W, 3) with its prompt into a budget-fitted layered stream.
 
     `edge_fn` replaces the Canny extractor (e.g. HED soft edges); `pose` supplies keypoints when
-    options.structure == "pose".
+    options.structure == "pose". The prompt is never cut; a negative prompt is left out (negative_dropped)
+    when carrying it would crowd the structure or texture layer out of the budget.
     """
     opts = options or EncodeOptions()
     opts.validate()
@@ -142,7 +146,11 @@ def encode_image(
 
     from layercast.common.codecs.prompt import compress_prompt
 
-    semantic = compress_prompt(prompt) if "semantic" not in opts.drop else None
+    semantic_full = compress_prompt(prompt) if "semantic" not in opts.drop else None
+    semantic_plain = (
+        compress_prompt(Prompt(prompt.text)) if semantic_full is not None and prompt.negative else semantic_full
+    )
+    semantic = semantic_full
     t1 = time.perf_counter()
     timings["semantic_ms"] = (t1 - t0) * 1e3
 
@@ -188,23 +196,39 @@ def encode_image(
     def build(rung: Rung | None, q: int | None) -> EncodedImage:
         layers = [layer for layer in (semantic, structure(rung), texture(q)) if layer is not None]
         return EncodedImage(
-            header=hdr, layers=framing.order_layers(layers, opts.order), stream_id=stream_id, image_id=image_id
+            header=hdr,
+            layers=framing.order_layers(layers, opts.order),
+            stream_id=stream_id,
+            image_id=image_id,
         )
 
     def size_of(rung: Rung | None, q: int | None) -> int:
         return len(framing.images_to_container([build(rung, q)], order=opts.order))
 
-    rungs = (
-        [Rung(0, 0.0, 0)]
-        if pose_layer is not None
-        else ratecontrol.ladder(opts.max_long_side, opts.min_long_side)
-    )
+    rungs = [Rung(0, 0.0, 0)] if pose_layer is not None else ratecontrol.ladder(opts.max_long_side, opts.min_long_side)
     qualities: Sequence[int] = (
         (opts.texture_quality,) if opts.texture_quality is not None else ratecontrol.TEXTURE_QUALITIES
     )
-    choice = ratecontrol.choose(
-        budget, rungs, size_of, texture_qualities=qualities, with_structure=with_structure, with_texture=with_texture
-    )
+    def search() -> ratecontrol.Choice:
+        return ratecontrol.choose(
+            budget,
+            rungs,
+            size_of,
+            texture_qualities=qualities,
+            with_structure=with_structure,
+            with_texture=with_texture,
+        )
+
+    choice = search()
+    negative_dropped = False
+    if semantic_plain is not semantic_full and _layers_lost(choice, with_structure, with_texture):
+        # the negative prompt ranks below structure and colour: drop it when it crowds a layer out
+        semantic = semantic_plain
+        plain = search()
+        if _layers_lost(plain, with_structure, with_texture) < _layers_lost(choice, with_structure, with_texture):
+            choice, negative_dropped = plain, True
+        else:
+            semantic = semantic_full
     t2 = time.perf_counter()
     timings["rate_control_ms"] = (t2 - t1) * 1e3
     image = build(choice.rung, choice.texture_quality)
@@ -218,4 +242,10 @@ def encode_image(
         rung=choice.rung if pose_layer is None else None,
         texture_quality=choice.texture_quality,
         timings_ms=timings,
+        negative_dropped=negative_dropped,
     )
+
+
+def _layers_lost(choice: ratecontrol.Choice, with_structure: bool, with_texture: bool) -> int:
+    """How many wanted layers rate control had to drop."""
+    return int(with_structure and choice.rung is None) + int(with_texture and choice.texture_quality is None)

@@ -39,3 +39,18 @@ def scene(width: int = 512, height: int = 512, seed: int = 0) -> np.ndarray:
         2,
     )
     return img
+
+
+def busy(width: int = 512, height: int = 512, seed: int = 0, lines: int = 120) -> np.ndarray:
+    """`scene` plus many random coloured lines and circles: an edge-rich image that fills any edge budget."""
+    rng = np.random.default_rng(seed)
+    img = scene(width, height, seed)
+    for _ in range(lines):
+        p0 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        p1 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            cv2.line(img, p0, p1, colour, int(rng.integers(1, 4)))
+        else:
+            cv2.circle(img, p0, int(rng.integers(3, max(4, width // 8))), colour, 2)
+    return img

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 SAMPLES = Path(__file__).resolve().parents[1] / "layercast" / "samples"
-ENCODE_FLAGS: tuple[str, ...] = ("--resize", "256")
+ENCODE_FLAGS: tuple[str, ...] = ("--resize", "256", "--max-bytes", "450")
 """`layercast encode` flags of the test images (small, so the tests stay fast)."""
 
 

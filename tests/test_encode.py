@@ -12,7 +12,7 @@ from layercast.receiver.layers import layerset_from_image
 from layercast.receiver.preview import PreviewDecoder
 from layercast.sender.encode import EncodeOptions, encode_image
 from tests.conftest import aigi_manifest, shared_data
-from tests.imaging import scene
+from tests.imaging import busy, scene
 
 
 def test_default_budget_is_655_bytes_and_met() -> None:
@@ -43,9 +43,12 @@ def test_budget_respected_and_used(max_bytes: int) -> None:
 
 
 def test_bigger_budget_buys_richer_structure() -> None:
-    small = encode_image(scene(seed=2), Prompt("a"), options=EncodeOptions(max_bytes=350))
-    big = encode_image(scene(seed=2), Prompt("a"), options=EncodeOptions(max_bytes=3000))
-    assert big.image.layer("structure").nbytes > small.image.layer("structure").nbytes  # type: ignore[union-attr]
+    small = encode_image(busy(seed=2), Prompt("a"), options=EncodeOptions(max_bytes=350))
+    big = encode_image(busy(seed=2), Prompt("a"), options=EncodeOptions(max_bytes=3000))
+    assert small.fits and big.fits
+    assert big.image.layer("structure").nbytes > 2 * small.image.layer("structure").nbytes  # type: ignore[union-attr]
+    assert big.rung is not None and small.rung is not None
+    assert (big.rung.long_side, -big.rung.threshold_scale) > (small.rung.long_side, -small.rung.threshold_scale)
 
 
 def test_prompt_is_never_cut_even_over_budget() -> None:
@@ -117,3 +120,13 @@ def test_every_shared_aigi_image_fits_0_02_bpp_and_decodes() -> None:
         sizes.append(res.total_bytes)
     assert len(sizes) == len(rows) >= 80
     assert np.mean(sizes) > 500  # the budget is used, not wasted
+
+
+def test_negative_prompt_gives_way_to_structure_and_texture() -> None:
+    negative = "lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality"
+    tight = encode_image(scene(256, 256), Prompt("bird", negative))  # 163-byte budget
+    assert tight.fits and tight.negative_dropped
+    assert tight.image.layer("structure") is not None and tight.image.layer("texture") is not None
+    assert layerset_from_image(tight.image).prompt == Prompt("bird")
+    roomy = encode_image(scene(), Prompt("bird", negative))  # 655 bytes: room for everything
+    assert not roomy.negative_dropped and layerset_from_image(roomy.image).prompt == Prompt("bird", negative)

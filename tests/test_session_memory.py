@@ -84,7 +84,10 @@ async def test_progressive_stages_per_layer(tmp_path: Path) -> None:
     for iid in ids:
         rec = rx.records[(5, iid)]
         want = len({f for f, a in rec.layers.items() if a.complete})
-        assert rec.stages >= want >= 2, f"image {iid}: one stage per arriving layer ({rec.stages} < {want})"
+        cancelled = [e for e in read_events(tmp_path) if e["event"] == "DecodeCancelled" and e["image_id"] == iid]
+        # each arriving layer starts a decode; one superseded by a richer layer set is cancelled, not written
+        assert want >= 2 and rec.stages >= 2, f"image {iid}: progressive stages ({rec.stages})"
+        assert rec.stages + len(cancelled) >= want, f"image {iid}: a layer set was neither decoded nor cancelled"
         folder = tmp_path / "5" / str(iid)
         names = sorted(p.name for p in folder.glob("stage-*.png"))
         assert names == [f"stage-{n}.png" for n in range(1, rec.stages + 1)]
