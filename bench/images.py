@@ -68,7 +68,9 @@ def matched_bytes(rgb: np.ndarray, fmt: str, budget: int) -> dict[str, Any] | No
     best: dict[str, Any] | None = None
     h, w = rgb.shape[:2]
     for side in MATCH_SIDES:
-        small = cv2.resize(rgb, (max(1, side * w // max(w, h)), max(1, side * h // max(w, h))), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(
+            rgb, (max(1, side * w // max(w, h)), max(1, side * h // max(w, h))), interpolation=cv2.INTER_AREA
+        )
         lo, hi, fit = 0, 100, None
         while lo <= hi:
             q = (lo + hi) // 2
@@ -83,7 +85,13 @@ def matched_bytes(rgb: np.ndarray, fmt: str, budget: int) -> dict[str, Any] | No
         rec = _pil_decode(fit[1], (w, h))
         score = psnr(rgb, rec)
         if best is None or score > best["psnr"]:
-            best = {"bytes": len(fit[1]), "side": side, "quality": fit[0], "psnr": score, "ssim": ssim(rgb, rec)}
+            best = {
+                "bytes": len(fit[1]),
+                "side": side,
+                "quality": fit[0],
+                "psnr": score,
+                "ssim": ssim(rgb, rec),
+            }
     return best
 
 
@@ -150,7 +158,12 @@ def run(
         rows.append(row)
         if progress:
             progress(path.name)
-    return {"rows": rows, "summary": summarize(rows), "decoder": getattr(dec, "name", "?"), "formats": formats}
+    return {
+        "rows": rows,
+        "summary": summarize(rows),
+        "decoder": getattr(dec, "name", "?"),
+        "formats": formats,
+    }
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -168,7 +181,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_psnr": statistics.mean(r["psnr"] for r in rows),
         "mean_ssim": statistics.mean(r["ssim"] for r in rows),
         "mean_layer_bytes": {
-            fam: statistics.mean(r["layer_bytes"].get(fam, 0) for r in rows) for fam in ("semantic", "structure", "texture")
+            fam: statistics.mean(r["layer_bytes"].get(fam, 0) for r in rows)
+            for fam in ("semantic", "structure", "texture")
         },
         "baselines": {},
     }
@@ -200,8 +214,10 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     for name, b in s["baselines"].items():
         if b.get("images"):
-            lines.append(f"{name:<22}{b['mean_bytes']:>9.1f}{b['mean_bpp']:>9.4f}{b['mean_psnr']:>9.2f}{b['mean_ssim']:>7.3f}"
-                         + ("" if b["images"] == s["images"] else f"  ({b['images']} fit)"))
+            lines.append(
+                f"{name:<22}{b['mean_bytes']:>9.1f}{b['mean_bpp']:>9.4f}{b['mean_psnr']:>9.2f}{b['mean_ssim']:>7.3f}"
+                + ("" if b["images"] == s["images"] else f"  ({b['images']} fit)")
+            )
         else:
             lines.append(f"{name:<22}  nothing fits in Layercast's bytes")
     lb = s["mean_layer_bytes"]
@@ -228,9 +244,13 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     ax.scatter([r["bpp"] for r in rows], [r["psnr"] for r in rows], label="layercast", s=18)
     names = sorted({k for r in rows for k in r["baselines"]})
     for name in names:
-        pts = [(bpp(r["baselines"][name]["bytes"], SIDE, SIDE), r["baselines"][name]["psnr"]) for r in rows if r["baselines"].get(name)]
+        pts = [
+            (bpp(r["baselines"][name]["bytes"], SIDE, SIDE), r["baselines"][name]["psnr"])
+            for r in rows
+            if r["baselines"].get(name)
+        ]
         if pts:
-            ax.scatter(*zip(*pts), label=name, s=12, alpha=0.7)
+            ax.scatter(*zip(*pts, strict=True), label=name, s=12, alpha=0.7)
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel (log)")
     ax.set_ylabel("PSNR (dB)")

@@ -67,7 +67,12 @@ def run_bench(args: argparse.Namespace) -> int:
             if warning:
                 print(f"layercast: warning: {warning}", file=sys.stderr)
         progress = Progress(len(paths), "bench images")
-        res = images.run(paths, _manifest_prompts(folder), decoder=decoder, progress=lambda note: progress.update(note=note))
+        res = images.run(
+            paths,
+            _manifest_prompts(folder),
+            decoder=decoder,
+            progress=lambda note: progress.update(note=note),
+        )
         results["images"] = res
         tables.append("== images ==\n" + images.format_table(res))
         if images.plot(res, out / "rd.png"):

@@ -103,7 +103,10 @@ def transform_structure(img: EncodedImage, op: str, arg: object = None) -> Encod
     if op == "crop":
         box = _check_box(arg)
         x0, y0, x1, y1 = box
-        out_header_wh = (max(1, round(img.header.width * (x1 - x0))), max(1, round(img.header.height * (y1 - y0))))
+        out_header_wh = (
+            max(1, round(img.header.width * (x1 - x0))),
+            max(1, round(img.header.height * (y1 - y0))),
+        )
     factor = 1.0
     if op == "scale":
         if not isinstance(arg, (int, float)) or not 0.05 <= float(arg) <= 20:
@@ -130,7 +133,9 @@ def _check_box(arg: object) -> tuple[float, float, float, float]:
     return x0, y0, x1, y1
 
 
-def _transform_bits(bits: np.ndarray, op: str, box: tuple[float, float, float, float] | None, factor: float) -> np.ndarray:
+def _transform_bits(
+    bits: np.ndarray, op: str, box: tuple[float, float, float, float] | None, factor: float
+) -> np.ndarray:
     if op == "flip-h":
         return bits[:, ::-1].copy()
     if op == "flip-v":
@@ -150,11 +155,15 @@ def _transform_bits(bits: np.ndarray, op: str, box: tuple[float, float, float, f
         return bits[r0:r1, c0:c1].copy()
     # scale about the centre, frame kept
     m = np.array([[factor, 0, (1 - factor) * (w - 1) / 2], [0, factor, (1 - factor) * (h - 1) / 2]], dtype=np.float64)
-    warped = cv2.warpAffine(bits.astype(np.uint8) * 255, m, (w, h), flags=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    warped = cv2.warpAffine(
+        bits.astype(np.uint8) * 255, m, (w, h), flags=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    )
     return warped > 64
 
 
-def _transform_pose(pose: PoseLayer, op: str, box: tuple[float, float, float, float] | None, factor: float) -> PoseLayer:
+def _transform_pose(
+    pose: PoseLayer, op: str, box: tuple[float, float, float, float] | None, factor: float
+) -> PoseLayer:
     w, h = pose.width, pose.height
     people = []
     fw, fh = w, h

@@ -28,12 +28,7 @@ class Rung:
 
 def ladder(max_long_side: int = 256, min_long_side: int = 32) -> list[Rung]:
     """Structure rungs, richest (most bytes) first."""
-    return [
-        Rung(ls, ts, ml)
-        for ls in LONG_SIDES
-        if min_long_side <= ls <= max_long_side
-        for ts, ml in KNOBS
-    ]
+    return [Rung(ls, ts, ml) for ls in LONG_SIDES if min_long_side <= ls <= max_long_side for ts, ml in KNOBS]
 
 
 TEXTURE_QUALITIES: tuple[int, ...] = (50, 35, 20, 10)
