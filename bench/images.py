@@ -222,7 +222,8 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append(f"{name:<22}  nothing fits in Layercast's bytes")
     lb = s["mean_layer_bytes"]
     lines += [
-        f"layer bytes (mean): semantic {lb['semantic']:.1f}, structure {lb['structure']:.1f}, texture {lb['texture']:.1f}",
+        f"layer bytes (mean): semantic {lb['semantic']:.1f}, structure {lb['structure']:.1f},"
+        f" texture {lb['texture']:.1f}",
         f"max total {s['max_bytes']} B (budget 655 B at 0.02 bpp): {'all fit' if s['all_fit'] else 'SOME OVER BUDGET'}",
         f"median encode {s['median_encode_ms']:.1f} ms on one core (target <= 30 ms), "
         f"median decode {s['median_decode_ms']:.1f} ms",
@@ -250,7 +251,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
             if r["baselines"].get(name)
         ]
         if pts:
-            ax.scatter(*zip(*pts, strict=True), label=name, s=12, alpha=0.7)
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=name, s=12, alpha=0.7)
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel (log)")
     ax.set_ylabel("PSNR (dB)")

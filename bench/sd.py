@@ -105,8 +105,12 @@ def _fid_metric() -> tuple[Metric | None, str | None]:
 
 def available_metrics() -> dict[str, tuple[Metric | None, str | None]]:
     """Each metric: (function, None) when usable here, else (None, why not)."""
-    return {"lpips": _pyiqa_metric("lpips"), "dists": _pyiqa_metric("dists"), "clip": _clip_metric(),
-            "fid": _fid_metric()}
+    return {
+        "lpips": _pyiqa_metric("lpips"),
+        "dists": _pyiqa_metric("dists"),
+        "clip": _clip_metric(),
+        "fid": _fid_metric(),
+    }
 
 
 def run(paths: Sequence[Path], model: str | None = None, config_file: str | None = None) -> dict[str, Any]:
@@ -134,7 +138,9 @@ def run(paths: Sequence[Path], model: str | None = None, config_file: str | None
     rows = []
     for mode in MODES:
         row: dict[str, Any] = {
-            "mode": mode, "pipeline": labels.get(mode, ""), "images": len(outs[mode]),
+            "mode": mode,
+            "pipeline": labels.get(mode, ""),
+            "images": len(outs[mode]),
             "ms_per_image": float(np.mean(ms[mode])) if ms[mode] else None,
             "ms_per_step": sum(ms[mode]) / steps[mode] if steps[mode] else None,
         }
@@ -148,12 +154,16 @@ def format_table(res: dict[str, Any]) -> str:
     """Human table of :func:`run`'s result."""
     if not res.get("available"):
         return f"SD decoder not available: {res.get('reason')}"
-    lines = [f"device {res['device']} {res['dtype']}", "mode        pipeline                    ms/img  ms/step  "
-             "lpips   dists   clip    fid"]
+    lines = [
+        f"device {res['device']} {res['dtype']}",
+        "mode        pipeline                    ms/img  ms/step  lpips   dists   clip    fid",
+    ]
     for r in res["rows"]:
         vals = [f"{r[k]:.4f}" if isinstance(r[k], float) else "n/a" for k in ("lpips", "dists", "clip", "fid")]
-        lines.append(f"{r['mode']:<11} {r['pipeline']:<27} {r['ms_per_image'] or 0:7.1f} {r['ms_per_step'] or 0:8.1f}  "
-                     + "  ".join(vals))
+        lines.append(
+            f"{r['mode']:<11} {r['pipeline']:<27} {r['ms_per_image'] or 0:7.1f} {r['ms_per_step'] or 0:8.1f}  "
+            + "  ".join(vals)
+        )
     reasons = {k: v for k, v in res["rows"][0].items() if isinstance(v, str) and v.startswith("not available")}
     lines += [f"  {k}: {v}" for k, v in reasons.items()]
     return "\n".join(lines)

@@ -102,9 +102,7 @@ def arq_transfer_time(nbytes: int, *, mtu: int = 340, header: int = 12, seed: in
     (each round sends the missing chunks back to back; the next round starts one RTT after it)."""
     from layercast.common.transport.lossy import LinkModel, LinkSimulator
 
-    sim = LinkSimulator(
-        LinkModel(loss=LINK["loss"], delay_s=LINK["delay_s"], rate_bps=LINK["rate_bps"], seed=seed)
-    )
+    sim = LinkSimulator(LinkModel(loss=LINK["loss"], delay_s=LINK["delay_s"], rate_bps=LINK["rate_bps"], seed=seed))
     room = mtu - header
     sizes = [min(room, nbytes - i) + header for i in range(0, nbytes, room)]
     outstanding = list(range(len(sizes)))

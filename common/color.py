@@ -26,7 +26,6 @@ _M2_INV = np.linalg.inv(_M2)
 _M1_INV = np.linalg.inv(_M1)
 
 
-
 def _srgb_decode_table() -> np.ndarray:
     v = np.arange(256) / 255.0
     return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4).astype(np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from layercast.common.color import delta_e, oklab_to_srgb8, srgb8_to_oklab
 from layercast.common.errors import EditError
 from layercast.common.types import Colormap
@@ -26,9 +27,7 @@ def hue_shift(cm: Colormap, degrees: float) -> Colormap:
     return Colormap(cells=oklab_to_srgb8(rot))
 
 
-def map_color(
-    cm: Colormap, src_rgb: Sequence[int], dst_rgb: Sequence[int], tolerance: float = 10.0
-) -> Colormap:
+def map_color(cm: Colormap, src_rgb: Sequence[int], dst_rgb: Sequence[int], tolerance: float = 10.0) -> Colormap:
     """Cells within `tolerance` (Oklab distance x 100) of `src_rgb` become `dst_rgb`; others stay."""
     src, dst = _rgb(src_rgb, "source colour"), _rgb(dst_rgb, "target colour")
     if not tolerance >= 0:
@@ -43,9 +42,7 @@ def set_cell(cm: Colormap, row: int, col: int, rgb: Sequence[int]) -> Colormap:
     """Set one cell to `rgb`; EditError when (row, col) is outside the grid."""
     gh, gw = cm.grid
     if not (0 <= row < gh and 0 <= col < gw):
-        raise EditError(
-            f"cell ({row}, {col}) is outside the {gh}x{gw} colormap (rows 0..{gh - 1}, cols 0..{gw - 1})"
-        )
+        raise EditError(f"cell ({row}, {col}) is outside the {gh}x{gw} colormap (rows 0..{gh - 1}, cols 0..{gw - 1})")
     cells = cm.cells.copy()
     cells[row, col] = _rgb(rgb, "cell colour")
     return Colormap(cells=cells)

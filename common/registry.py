@@ -37,7 +37,7 @@ class LayerCodec(ABC):
     layer value. Codecs that cannot use a partial layer raise CodecError naming the missing units.
     """
 
-    codec_id: ClassVar[pb.CodecId.ValueType]
+    codec_id: ClassVar[pb.CodecId]
     name: ClassVar[str]
     kind: ClassVar[LayerKind]
 

@@ -95,30 +95,50 @@ def _add_encode_options(p: argparse.ArgumentParser, *, resize: Any = None) -> No
     rate.add_argument("--max-bytes", type=int, help="byte budget per image (overrides --bpp)")
     g.add_argument("--prompt", help="prompt to send (default: from the image's generation metadata)")
     g.add_argument("--negative", help="negative prompt to send")
-    g.add_argument("--structure", default="canny", choices=["canny", "hed", "pose", "none"],
-                   help="structure layer (default canny)")
+    g.add_argument(
+        "--structure", default="canny", choices=["canny", "hed", "pose", "none"], help="structure layer (default canny)"
+    )
     g.add_argument("--hed-weights", help="HED weights for --structure hed")
     g.add_argument("--pose-model", help="DWPose/OpenPose ONNX file for --structure pose")
-    g.add_argument("--resize", type=_size_arg, default=resize,
-                   help=f"resize before encoding: WxH or a long side (default {resize or 'none'})")
+    g.add_argument(
+        "--resize",
+        type=_size_arg,
+        default=resize,
+        help=f"resize before encoding: WxH or a long side (default {resize or 'none'})",
+    )
     g.add_argument("--order", type=_order_arg, default=DEFAULT_ORDER, help="layer send order")
     g.add_argument("--cells", type=int, default=8, help="colormap cells on the long side (default 8)")
     g.add_argument("--texture-quality", type=int, help="colormap quality 1..100")
     g.add_argument("--seed", type=int, help="generation seed to carry")
 
 
-def _add_link_options(p: argparse.ArgumentParser, *, link: str | None, loss: str | None, delay: str | None,
-                      rate: float | None) -> None:
+def _add_link_options(
+    p: argparse.ArgumentParser, *, link: str | None, loss: str | None, delay: str | None, rate: float | None
+) -> None:
     g = p.add_argument_group("link (profile, pacing, emulated loss)")
-    g.add_argument("--link", default=link, metavar="PROFILE",
-                   help="link profile: lora, sbd, webrtc, mqtt, file (MTU, pace, FEC; default: from the URL"
-                        + (f", here {link}" if link else "") + ")")
-    g.add_argument("--rate", type=_rate_arg, default=rate, metavar="BPS",
-                   help="pace packets to this bit rate, e.g. 9600 or 9.6k (default: the profile's"
-                        + (f"; here {rate:g}" if rate else "") + ")")
-    g.add_argument("--fec", default="profile",
-                   help="forward error correction: on (default policy), off, profile (default), or "
-                        "semantic=3,structure=0.25,texture=0.5")
+    g.add_argument(
+        "--link",
+        default=link,
+        metavar="PROFILE",
+        help="link profile: lora, sbd, webrtc, mqtt, file (MTU, pace, FEC; default: from the URL"
+        + (f", here {link}" if link else "")
+        + ")",
+    )
+    g.add_argument(
+        "--rate",
+        type=_rate_arg,
+        default=rate,
+        metavar="BPS",
+        help="pace packets to this bit rate, e.g. 9600 or 9.6k (default: the profile's"
+        + (f"; here {rate:g}" if rate else "")
+        + ")",
+    )
+    g.add_argument(
+        "--fec",
+        default="profile",
+        help="forward error correction: on (default policy), off, profile (default), or "
+        "semantic=3,structure=0.25,texture=0.5",
+    )
     g.add_argument("--loss", default=loss, help="emulated random packet loss, e.g. 0.05 or 5%%")
     g.add_argument("--burst", help="emulated loss in bursts (Gilbert-Elliott average), e.g. 5%%")
     g.add_argument("--burst-len", help="mean burst length in packets (default 3)")
@@ -139,43 +159,77 @@ def _add_decoder_options(p: argparse.ArgumentParser) -> None:
 def add_parsers(sub: Any) -> None:
     """Add `send`, `receive` and `demo` to the `layercast` subcommands."""
     fmt = argparse.RawDescriptionHelpFormatter
-    s = sub.add_parser("send", help="encode images and stream them to a receiver", epilog=SEND_EPILOG,
-                       formatter_class=fmt, description="Encode images and send their layers over a link.")
+    s = sub.add_parser(
+        "send",
+        help="encode images and stream them to a receiver",
+        epilog=SEND_EPILOG,
+        formatter_class=fmt,
+        description="Encode images and send their layers over a link.",
+    )
     s.add_argument("inputs", nargs="+", metavar="IMG", help="image files or folders")
-    s.add_argument("--to", required=True, metavar="URL", help="webrtc://HOST:PORT, mqtt://BROKER/PREFIX/STREAM, "
-                   "file:PATH or file:-")
+    s.add_argument(
+        "--to",
+        required=True,
+        metavar="URL",
+        help="webrtc://HOST:PORT, mqtt://BROKER/PREFIX/STREAM, file:PATH or file:-",
+    )
     s.add_argument("--key", help="sender key: hex digits, or @FILE (packets are then authenticated)")
     s.add_argument("--stream-id", type=int, default=0, help="stream (camera) id carried in packets (default 0)")
-    s.add_argument("--first-image-id", default="auto",
-                   help="id of the first image: a number, or auto (from the clock, so a restarted sender "
-                        "is not mistaken for a repeat; file: destinations start at 0)")
+    s.add_argument(
+        "--first-image-id",
+        default="auto",
+        help="id of the first image: a number, or auto (from the clock, so a restarted sender "
+        "is not mistaken for a repeat; file: destinations start at 0)",
+    )
     s.add_argument("--timeout", type=float, default=30.0, help="seconds to connect / per send (default 30)")
     _add_link_options(s, link=None, loss=None, delay=None, rate=None)
     _add_encode_options(s)
     s.add_argument("--json", action="store_true", help="print JSON")
 
-    r = sub.add_parser("receive", help="receive streams, decode progressively, write stages", epilog=RECEIVE_EPILOG,
-                       formatter_class=fmt, description="Receive layered streams and decode each image as its "
-                       "layers arrive.")
-    r.add_argument("--on", required=True, metavar="URL", help="webrtc://[HOST]:PORT, mqtt://BROKER/PREFIX[/STREAM], "
-                   "file:PATH or file:-")
+    r = sub.add_parser(
+        "receive",
+        help="receive streams, decode progressively, write stages",
+        epilog=RECEIVE_EPILOG,
+        formatter_class=fmt,
+        description="Receive layered streams and decode each image as its layers arrive.",
+    )
+    r.add_argument(
+        "--on",
+        required=True,
+        metavar="URL",
+        help="webrtc://[HOST]:PORT, mqtt://BROKER/PREFIX[/STREAM], file:PATH or file:-",
+    )
     r.add_argument("--out", required=True, help="output folder (stages, final images, events.jsonl)")
     _add_decoder_options(r)
     r.add_argument("--key", help="sender key (hex or @FILE), or @FILE of 'STREAM_ID HEXKEY' lines")
-    r.add_argument("--web", type=int, metavar="PORT", help="serve the live view on this port (the WebRTC port "
-                   "itself mounts it on the signalling server)")
+    r.add_argument(
+        "--web",
+        type=int,
+        metavar="PORT",
+        help="serve the live view on this port (the WebRTC port itself mounts it on the signalling server)",
+    )
     r.add_argument("--web-host", default="127.0.0.1", help="address of the live view (default 127.0.0.1)")
     r.add_argument("--count", type=int, help="exit after N images are final")
     r.add_argument("--idle-timeout", type=float, metavar="S", help="exit after S seconds without packets")
-    r.add_argument("--image-timeout", type=float, default=10.0,
-                   help="finish an incomplete image S seconds after its last packet (default 10)")
+    r.add_argument(
+        "--image-timeout",
+        type=float,
+        default=10.0,
+        help="finish an incomplete image S seconds after its last packet (default 10)",
+    )
     r.add_argument("--json", action="store_true", help="print JSON")
 
-    d = sub.add_parser("demo", help="stream sample images over a lossy WebRTC link on loopback", epilog=DEMO_EPILOG,
-                       formatter_class=fmt, description="Sender and receiver in one process over a real WebRTC "
-                       "connection through an emulated thin, lossy link.")
-    d.add_argument("--images", help=f"image folder or file (default: the {len(list(SAMPLES.glob('*.jpg')))} "
-                   "bundled samples)")
+    d = sub.add_parser(
+        "demo",
+        help="stream sample images over a lossy WebRTC link on loopback",
+        epilog=DEMO_EPILOG,
+        formatter_class=fmt,
+        description="Sender and receiver in one process over a real WebRTC "
+        "connection through an emulated thin, lossy link.",
+    )
+    d.add_argument(
+        "--images", help=f"image folder or file (default: the {len(list(SAMPLES.glob('*.jpg')))} bundled samples)"
+    )
     d.add_argument("--limit", type=int, help="send at most N images")
     d.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
     _add_link_options(d, link="sbd", loss="5%", delay="300ms", rate=9600.0)
@@ -229,7 +283,7 @@ def _scheme(url: str) -> str:
 
 
 def _file_path(url: str) -> str:
-    path = url[len("file:"):]
+    path = url[len("file:") :]
     if path.startswith("//"):
         path = path[2:]
     if not path:
@@ -302,26 +356,44 @@ async def _send(args: argparse.Namespace, paths: list[Path]) -> int:
             first = int(args.first_image_id)
         except ValueError:
             raise InputError(f"--first-image-id must be a number or auto, got {args.first_image_id!r}") from None
-    reliable = [f for f in ("semantic", "structure", "texture") if WebRTCConfig().policy(f).reliable] \
-        if scheme == "webrtc" else []
+    reliable = (
+        [f for f in ("semantic", "structure", "texture") if WebRTCConfig().policy(f).reliable]
+        if scheme == "webrtc"
+        else []
+    )
     failures: list[dict[str, str]] = []
     t0 = time.perf_counter()
     async with open_send_transport(args.to, args) as transport:
         session = SendSession(
-            transport, profile=profile, fec=fec_from_args(args.fec), key=key, stream_id=args.stream_id,
-            order=args.order, rate_bps=args.rate, link_model=link_model_from_args(args),
-            reliable_families=reliable, first_image_id=first, send_timeout=args.timeout,
+            transport,
+            profile=profile,
+            fec=fec_from_args(args.fec),
+            key=key,
+            stream_id=args.stream_id,
+            order=args.order,
+            rate_bps=args.rate,
+            link_model=link_model_from_args(args),
+            reliable_families=reliable,
+            first_image_id=first,
+            send_timeout=args.timeout,
         )
         async with session:
             reports = await session.send_paths(
-                paths, args, progress=not args.json and args.to != "file:-",
+                paths,
+                args,
+                progress=not args.json and args.to != "file:-",
                 on_error=lambda p, e: failures.append({"input": str(p), "error": type(e).__name__, "message": str(e)}),
             )
     elapsed = time.perf_counter() - t0
     doc = {
-        "to": args.to, "link": profile.name, "stream_id": args.stream_id, "images": [r.to_dict() for r in reports],
-        "failed": failures, "packets": sum(r.packets for r in reports),
-        "wire_bytes": sum(r.wire_bytes for r in reports), "seconds": round(elapsed, 3),
+        "to": args.to,
+        "link": profile.name,
+        "stream_id": args.stream_id,
+        "images": [r.to_dict() for r in reports],
+        "failed": failures,
+        "packets": sum(r.packets for r in reports),
+        "wire_bytes": sum(r.wire_bytes for r in reports),
+        "seconds": round(elapsed, 3),
     }
     out = sys.stderr if args.to == "file:-" else sys.stdout
     if args.json:
@@ -329,8 +401,11 @@ async def _send(args: argparse.Namespace, paths: list[Path]) -> int:
     else:
         for r in reports:
             parts = ", ".join(f"{x.family} {x.data_packets}+{x.repair_packets} pkt {x.wire_bytes} B" for x in r.layers)
-            print(f"{r.name}: image {r.image_id}, {r.packets} packets, {r.wire_bytes} B [{parts}] "
-                  f"in {1e3 * r.duration_s:.0f} ms", file=out)
+            print(
+                f"{r.name}: image {r.image_id}, {r.packets} packets, {r.wire_bytes} B [{parts}] "
+                f"in {1e3 * r.duration_s:.0f} ms",
+                file=out,
+            )
         for f in failures:
             print(f"{f['input']}: FAILED {f['error']}: {f['message']}", file=out)
         print(f"sent {len(reports)} image(s), {doc['wire_bytes']} B to {args.to} in {elapsed:.2f} s", file=out)
@@ -363,8 +438,11 @@ async def _receive(args: argparse.Namespace) -> int:
         if not args.json:
             lacking = [f"{f} partial" for f in stage.partial] + [f"{f} lost" for f in stage.missing]
             state = "complete" if stage.complete else ", ".join(lacking)
-            print(f"stream {stage.stream_id} image {stage.image_id}: {stage.index} stage(s), "
-                  f"{'+'.join(stage.layers) or 'no layers'}, {state} -> {stage.path}", flush=True)
+            print(
+                f"stream {stage.stream_id} image {stage.image_id}: {stage.index} stage(s), "
+                f"{'+'.join(stage.layers) or 'no layers'}, {state} -> {stage.path}",
+                flush=True,
+            )
 
     async with contextlib.AsyncExitStack() as stack:
         rx = await stack.enter_async_context(
@@ -414,9 +492,11 @@ async def _receive(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc))
     else:
-        print(f"received {summary.images} image(s): {summary.complete} complete, {summary.partial} partial, "
-              f"{summary.stages} stage(s), {summary.rejected} packet(s) rejected; output in {out}/ "
-              f"(events: {summary.events_log})")
+        print(
+            f"received {summary.images} image(s): {summary.complete} complete, {summary.partial} partial, "
+            f"{summary.stages} stage(s), {summary.rejected} packet(s) rejected; output in {out}/ "
+            f"(events: {summary.events_log})"
+        )
     return 0
 
 
@@ -464,8 +544,13 @@ async def _demo(args: argparse.Namespace) -> int:
         transport = await connect_webrtc(server.url, config, timeout=30)
         t_connected = time.perf_counter()
         session = SendSession(
-            transport, profile=profile, fec=fec_from_args(args.fec), rate_bps=args.rate, link_model=model,
-            reliable_families=reliable, stream_id=1,
+            transport,
+            profile=profile,
+            fec=fec_from_args(args.fec),
+            rate_bps=args.rate,
+            link_model=model,
+            reliable_families=reliable,
+            stream_id=1,
         )
         async with session:
             for path, res in zip(paths, encoded, strict=True):
@@ -474,41 +559,68 @@ async def _demo(args: argparse.Namespace) -> int:
             await asyncio.sleep(min(0.2, 0.05 + delay / 4))  # the last packets cross the real connection
         await rx.finish()
     elapsed = time.perf_counter() - t_start
-    rows = []
+    rows: list[dict[str, Any]] = []
     for rep in reports:
         rec = rx.records.get((rep.stream_id, rep.image_id))
         layers: dict[str, Any] = {}
         for fam in ("semantic", "structure", "texture"):
             arr = rec.layers.get(fam) if rec else None
-            layers[fam] = None if arr is None else {
-                "ms": round(1e3 * (arr.time - rep.started), 1), "complete": arr.complete,
-                "missing_units": arr.missing_units, "unit_count": arr.unit_count, "recovered": arr.recovered,
-            }
+            layers[fam] = (
+                None
+                if arr is None
+                else {
+                    "ms": round(1e3 * (arr.time - rep.started), 1),
+                    "complete": arr.complete,
+                    "missing_units": arr.missing_units,
+                    "unit_count": arr.unit_count,
+                    "recovered": arr.recovered,
+                }
+            )
         final = rec.final if rec else None
-        rows.append({
-            "name": rep.name, "image_id": rep.image_id, "payload_bytes": rep.payload_bytes,
-            "wire_bytes": rep.wire_bytes, "packets": rep.packets, "layers": layers,
-            "first_stage_ms": round(1e3 * (rec.first_stage - rep.started), 1) if rec and rec.first_stage else None,
-            "stages": rec.stages if rec else 0, "complete": bool(rec and rec.complete),
-            "partial": list(rec.partial) if rec else [],
-            "missing": list(rec.missing) if rec else [],
-            "final": str(final.path) if final and final.path else None,
-        })
-    doc = {
-        "out": str(out), "events_log": rx.summary.events_log, "link": profile.name, "rate_bps": session.pacer.rate_bps,
-        "loss": model.expected_loss if model else 0.0, "delay_s": delay, "images": rows,
-        "summary": rx.summary.to_dict(), "seconds": {"total": round(elapsed, 2),
-        "encode": round(t_encoded - t_start, 2), "connect": round(t_connected - t_encoded, 2)},
+        rows.append(
+            {
+                "name": rep.name,
+                "image_id": rep.image_id,
+                "payload_bytes": rep.payload_bytes,
+                "wire_bytes": rep.wire_bytes,
+                "packets": rep.packets,
+                "layers": layers,
+                "first_stage_ms": round(1e3 * (rec.first_stage - rep.started), 1) if rec and rec.first_stage else None,
+                "stages": rec.stages if rec else 0,
+                "complete": bool(rec and rec.complete),
+                "partial": list(rec.partial) if rec else [],
+                "missing": list(rec.missing) if rec else [],
+                "final": str(final.path) if final and final.path else None,
+            }
+        )
+    doc: dict[str, Any] = {
+        "out": str(out),
+        "events_log": rx.summary.events_log,
+        "link": profile.name,
+        "rate_bps": session.pacer.rate_bps,
+        "loss": model.expected_loss if model else 0.0,
+        "delay_s": delay,
+        "images": rows,
+        "summary": rx.summary.to_dict(),
+        "seconds": {
+            "total": round(elapsed, 2),
+            "encode": round(t_encoded - t_start, 2),
+            "connect": round(t_connected - t_encoded, 2),
+        },
     }
     if args.json:
         print(json.dumps(doc))
         return 0
     rate = f"{session.pacer.rate_bps:g} bit/s" if session.pacer.rate_bps else "unpaced"
-    print(f"layercast demo: {len(rows)} image(s) over WebRTC on 127.0.0.1, link {profile.name} "
-          f"(MTU {profile.mtu}), {rate}, loss {100 * doc['loss']:.1f}%, delay {1e3 * delay:.0f} ms")
+    print(
+        f"layercast demo: {len(rows)} image(s) over WebRTC on 127.0.0.1, link {profile.name} "
+        f"(MTU {profile.mtu}), {rate}, loss {100 * doc['loss']:.1f}%, delay {1e3 * delay:.0f} ms"
+    )
     print("layer arrival after the image's first packet (ms; * = partial, + = FEC repaired):")
-    print(f"{'image':<14}{'bytes':>6}{'pkts':>5}{'semantic':>10}{'structure':>11}{'texture':>10}"
-          f"{'1st view':>10}{'stages':>7}  result")
+    print(
+        f"{'image':<14}{'bytes':>6}{'pkts':>5}{'semantic':>10}{'structure':>11}{'texture':>10}"
+        f"{'1st view':>10}{'stages':>7}  result"
+    )
     for row in rows:
         cells = []
         for fam in ("semantic", "structure", "texture"):
@@ -519,15 +631,21 @@ async def _demo(args: argparse.Namespace) -> int:
                 mark = "" if info["complete"] else "*"
                 mark += "+" if info["recovered"] else ""
                 cells.append(f"{info['ms']:.0f}{mark}")
-        result = "complete" if row["complete"] else ", ".join(
-            [f"{f} partial" for f in row["partial"]] + [f"{f} lost" for f in row["missing"]]
+        result = (
+            "complete"
+            if row["complete"]
+            else ", ".join([f"{f} partial" for f in row["partial"]] + [f"{f} lost" for f in row["missing"]])
         )
         first = f"{row['first_stage_ms']:.0f}" if row["first_stage_ms"] is not None else "-"
-        print(f"{row['name'][:13]:<14}{row['payload_bytes']:>6}{row['packets']:>5}{cells[0]:>10}{cells[1]:>11}"
-              f"{cells[2]:>10}{first:>10}{row['stages']:>7}  {result}")
+        print(
+            f"{row['name'][:13]:<14}{row['payload_bytes']:>6}{row['packets']:>5}{cells[0]:>10}{cells[1]:>11}"
+            f"{cells[2]:>10}{first:>10}{row['stages']:>7}  {result}"
+        )
     s = rx.summary
-    print(f"{s.images} image(s), {s.stages} stage(s), {s.complete} complete, {s.partial} partial, "
-          f"{s.cancelled} stale decode(s) cancelled; {elapsed:.1f} s in all")
+    print(
+        f"{s.images} image(s), {s.stages} stage(s), {s.complete} complete, {s.partial} partial, "
+        f"{s.cancelled} stale decode(s) cancelled; {elapsed:.1f} s in all"
+    )
     print(f"output: {out}/<stream>/<image>/stage-<n>.png and final.png; events: {s.events_log}")
     return 0
 

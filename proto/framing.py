@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from typing import cast
 
 from google.protobuf.message import DecodeError
 
@@ -252,7 +253,7 @@ def _skeleton(img: EncodedImage, layer: EncodedLayer, priority: int) -> pb.Packe
         version=FORMAT_VERSION,
         stream_id=img.stream_id,
         image_id=img.image_id,
-        kind=pb.LayerKind.ValueType(int(layer.kind)),
+        kind=cast(pb.LayerKind, int(layer.kind)),
         priority=priority,
         layer=layer.descriptor,
     )

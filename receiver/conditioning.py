@@ -59,8 +59,11 @@ def edge_control_image(
         raise InputError(f"edge map must be 2-D, got shape {e.shape}")
     eh, ew = e.shape
     # Resample by area so a thin line becomes a proportional grey ramp, then re-binarise.
-    f = cv2.resize(e.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA if width * height < ew * eh
-                   else cv2.INTER_LINEAR)
+    f = cv2.resize(
+        e.astype(np.float32),
+        (width, height),
+        interpolation=cv2.INTER_AREA if width * height < ew * eh else cv2.INTER_LINEAR,
+    )
     scale = max(width / ew, height / eh)
     line = f > (0.5 * scale if scale < 1.0 else 0.25)
     img: np.ndarray = line.astype(np.float32)

@@ -136,6 +136,7 @@ class SDConfig:
             raise InputError(f"SD config {p} must hold a table/object of settings")
         base = p.parent
         cfg = cls.from_mapping(data)
+
         # Relative paths in a config file are relative to the file.
         def rel(v: str) -> str:
             q = Path(v).expanduser()
@@ -162,10 +163,20 @@ def add_sd_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("Stable Diffusion decoder (--decoder sd)")
     g.add_argument("--sd-config", metavar="FILE", help="SD decoder settings (.toml or .json)")
     g.add_argument("--model", metavar="DIR", help="base model: " + SD_LAYOUT_HINT + " or a cached repo id")
-    g.add_argument("--controlnet", metavar="KIND=DIR", action="append", default=[],
-                   help=f"ControlNet for a structure kind ({', '.join(STRUCTURE_KINDS)}); repeatable")
-    g.add_argument("--adapter", metavar="KIND=DIR", action="append", default=[],
-                   help=f"T2I-Adapter ({', '.join(ADAPTER_KINDS)}); repeatable")
+    g.add_argument(
+        "--controlnet",
+        metavar="KIND=DIR",
+        action="append",
+        default=[],
+        help=f"ControlNet for a structure kind ({', '.join(STRUCTURE_KINDS)}); repeatable",
+    )
+    g.add_argument(
+        "--adapter",
+        metavar="KIND=DIR",
+        action="append",
+        default=[],
+        help=f"T2I-Adapter ({', '.join(ADAPTER_KINDS)}); repeatable",
+    )
     g.add_argument("--colour", choices=COLOUR_MODES, help="colormap conditioning (default auto)")
     g.add_argument("--steps", type=int, help="sampling steps (default 20, 4 with --lcm-lora)")
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale")
@@ -181,8 +192,18 @@ def config_from_args(ns: argparse.Namespace) -> SDConfig:
     """SDConfig from parsed flags: the `--sd-config` file first, then each flag given overrides it."""
     cfg = SDConfig.from_file(ns.sd_config) if getattr(ns, "sd_config", None) else SDConfig()
     over: dict[str, Any] = {}
-    for name in ("model", "colour", "steps", "guidance", "strength", "scheduler", "lcm_lora", "device",
-                 "dtype", "compile"):
+    for name in (
+        "model",
+        "colour",
+        "steps",
+        "guidance",
+        "strength",
+        "scheduler",
+        "lcm_lora",
+        "device",
+        "dtype",
+        "compile",
+    ):
         v = getattr(ns, name, None)
         if v is not None:
             over[name] = v
@@ -207,9 +228,7 @@ def resolve_model_dir(ref: str | None, what: str, *, expect: Sequence[str], hint
     p = Path(ref).expanduser()
     if p.is_dir():
         if not any((p / e).exists() for e in expect):
-            raise ModelError(
-                f"{what} folder {p} has none of {', '.join(expect)}: put {hint} there"
-            )
+            raise ModelError(f"{what} folder {p} has none of {', '.join(expect)}: put {hint} there")
         return p
     if p.exists():
         raise ModelError(f"{what} {p} is a file, expected a folder holding {hint}")
@@ -246,19 +265,32 @@ def _wrap_load(what: str, path: Path, fn: Any, *args: Any, **kwargs: Any) -> Any
     try:
         return fn(*args, **kwargs)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise ModelError(f"{what} at {path} could not be loaded ({type(e).__name__}: {e}); "
-                         "check the folder is a complete diffusers/transformers export") from e
+        raise ModelError(
+            f"{what} at {path} could not be loaded ({type(e).__name__}: {e}); "
+            "check the folder is a complete diffusers/transformers export"
+        ) from e
 
 
 def load_base_pipeline(ref: str | None, dtype: Any) -> Any:
     """The base StableDiffusionPipeline from a local folder/cache (no safety checker, offline)."""
     from diffusers import StableDiffusionPipeline
 
-    path = resolve_model_dir(ref, "Stable Diffusion base model", expect=("model_index.json",), hint=SD_LAYOUT_HINT,
-                             flag="--model DIR (or `model` in --sd-config)")
+    path = resolve_model_dir(
+        ref,
+        "Stable Diffusion base model",
+        expect=("model_index.json",),
+        hint=SD_LAYOUT_HINT,
+        flag="--model DIR (or `model` in --sd-config)",
+    )
     pipe = _wrap_load(
-        "Stable Diffusion base model", path, StableDiffusionPipeline.from_pretrained, str(path),
-        torch_dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False,
+        "Stable Diffusion base model",
+        path,
+        StableDiffusionPipeline.from_pretrained,
+        str(path),
+        torch_dtype=dtype,
+        local_files_only=True,
+        safety_checker=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -271,8 +303,7 @@ def load_controlnet(kind: str, ref: str, dtype: Any) -> Any:
     what = f"ControlNet '{kind}'"
     hint = f"a diffusers ControlNet export (config.json + diffusion_pytorch_model.safetensors) for {kind}"
     path = resolve_model_dir(ref, what, expect=("config.json",), hint=hint)
-    return _wrap_load(what, path, ControlNetModel.from_pretrained, str(path), torch_dtype=dtype,
-                      local_files_only=True)
+    return _wrap_load(what, path, ControlNetModel.from_pretrained, str(path), torch_dtype=dtype, local_files_only=True)
 
 
 def load_adapter(kind: str, ref: str, dtype: Any) -> Any:

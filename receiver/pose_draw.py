@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+
 from layercast.common.errors import InputError
 from layercast.common.types import PoseLayer
 
@@ -18,15 +19,45 @@ JOINT_RADIUS = 4
 LIMB_DIM = 0.6
 
 LIMBS: tuple[tuple[int, int], ...] = (
-    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
-    (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
+    (1, 2),
+    (1, 5),
+    (2, 3),
+    (3, 4),
+    (5, 6),
+    (6, 7),
+    (1, 8),
+    (8, 9),
+    (9, 10),
+    (1, 11),
+    (11, 12),
+    (12, 13),
+    (1, 0),
+    (0, 14),
+    (14, 16),
+    (0, 15),
+    (15, 17),
 )
 """COCO-18 limbs (0-based keypoint indices), in drawing order; limb i takes COLORS[i]."""
 
 COLORS: tuple[tuple[int, int, int], ...] = (
-    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
-    (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
-    (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
+    (255, 0, 0),
+    (255, 85, 0),
+    (255, 170, 0),
+    (255, 255, 0),
+    (170, 255, 0),
+    (85, 255, 0),
+    (0, 255, 0),
+    (0, 255, 85),
+    (0, 255, 170),
+    (0, 255, 255),
+    (0, 170, 255),
+    (0, 85, 255),
+    (0, 0, 255),
+    (85, 0, 255),
+    (170, 0, 255),
+    (255, 0, 255),
+    (255, 0, 170),
+    (255, 0, 85),
 )
 """RGB colour of each COCO-18 keypoint (and of limb i)."""
 
@@ -71,9 +102,7 @@ def pose_from_openpose_keypoints(
     for flat in people:
         arr = np.asarray(flat, dtype=np.float32)
         if arr.ndim != 1 or arr.size % 3:
-            raise InputError(
-                f"OpenPose keypoints must be a flat list of x, y, confidence triples, got {arr.shape}"
-            )
+            raise InputError(f"OpenPose keypoints must be a flat list of x, y, confidence triples, got {arr.shape}")
         kp = arr.reshape(-1, 3).copy()
         if normalized:
             kp[:, 0] *= width

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
 from layercast.common.color import linear_to_srgb, oklab_to_linear, srgb8_to_oklab
 from layercast.common.errors import InputError
 from layercast.common.types import Colormap, EdgeMap, LayerSet, PoseLayer, Structure
@@ -45,7 +46,7 @@ def smooth_colormap(cm: Colormap, width: int, height: int) -> np.ndarray:
     ww, wh = max(1, round(width * scale)), max(1, round(height * scale))
     lab = srgb8_to_oklab(cm.cells).astype(np.float32)
     field = cv2.resize(lab, (ww, wh), interpolation=cv2.INTER_CUBIC).reshape(wh, ww, 3)
-    srgb = (linear_to_srgb(oklab_to_linear(field)) * 255.0).astype(np.float32)
+    srgb: np.ndarray = (linear_to_srgb(oklab_to_linear(field)) * 255.0).astype(np.float32)
     if (ww, wh) != (width, height):
         srgb = cv2.resize(srgb, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, 3)
     return np.clip(srgb + 0.5, 0, 255).astype(np.uint8)

@@ -175,8 +175,15 @@ class SDDecoder:
 
     name = "sd"
 
-    def __init__(self, config: SDConfig, pipe: Any, controlnets: dict[str, Any], adapters: dict[str, Any],
-                 device: str, dtype: Any) -> None:
+    def __init__(
+        self,
+        config: SDConfig,
+        pipe: Any,
+        controlnets: dict[str, Any],
+        adapters: dict[str, Any],
+        device: str,
+        dtype: Any,
+    ) -> None:
         self.config = config
         self.base = pipe
         self.controlnets = controlnets
@@ -191,8 +198,7 @@ class SDDecoder:
     # -- planning -------------------------------------------------------------------------------------
     def plan(self, layers: LayerSet) -> Plan:
         """The conditioning mode these layers decode with."""
-        return plan_decode(layers, controlnets=self.controlnets, adapters=self.adapters,
-                           colour_mode=self.config.colour)
+        return plan_decode(layers, controlnets=self.controlnets, adapters=self.adapters, colour_mode=self.config.colour)
 
     def generation_size(self, layers: LayerSet) -> tuple[int, int]:
         """(w, h) the pipeline runs at: near the requested size, a multiple the UNet/VAE accept."""
@@ -219,8 +225,11 @@ class SDDecoder:
         base = self.base
         if plan.backend == "controlnet":
             net = self.controlnets[plan.control or ""]
-            cls = (diffusers.StableDiffusionControlNetImg2ImgPipeline if plan.colour == "img2img"
-                   else diffusers.StableDiffusionControlNetPipeline)
+            cls = (
+                diffusers.StableDiffusionControlNetImg2ImgPipeline
+                if plan.colour == "img2img"
+                else diffusers.StableDiffusionControlNetPipeline
+            )
             pipe = cls.from_pipe(base, controlnet=net)
         elif plan.backend == "adapter" or plan.colour == "adapter":
             nets = []
@@ -297,8 +306,9 @@ class SDDecoder:
             if plan.backend == "adapter":
                 images.append(struct)
             if plan.colour == "adapter":
-                images.append([Image.fromarray(cond.colour_adapter_image(ls.texture, w, h))
-                               for ls in batch if ls.texture])
+                images.append(
+                    [Image.fromarray(cond.colour_adapter_image(ls.texture, w, h)) for ls in batch if ls.texture]
+                )
             scale = self.config.adapter_scale
             kw["image"] = images[0] if len(images) == 1 else images
             kw["adapter_conditioning_scale"] = scale if len(images) == 1 else [scale] * len(images)
@@ -337,8 +347,13 @@ class SDDecoder:
         return _to_uint8(images)
 
     # -- running --------------------------------------------------------------------------------------
-    def _run(self, batch: Sequence[LayerSet], plan: Plan, on_step: StepCallback | None,
-             should_stop: Callable[[], bool] | None) -> list[np.ndarray]:
+    def _run(
+        self,
+        batch: Sequence[LayerSet],
+        plan: Plan,
+        on_step: StepCallback | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> list[np.ndarray]:
         import torch
 
         w, h = self.generation_size(batch[0])
@@ -356,12 +371,14 @@ class SDDecoder:
 
         old_style = not hasattr(type(pipe), "interrupt")
         if old_style:  # StableDiffusionAdapterPipeline: callback(step, t, latents), no interrupt flag
+
             def old_cb(i: int, t: Any, latents: Any) -> None:
                 if step(i, latents, planned):
                     raise _Stopped(latents)
 
             kw["callback"], kw["callback_steps"] = old_cb, 1
         else:
+
             def new_cb(p: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
                 if step(i, tensors["latents"], int(getattr(p, "num_timesteps", planned) or planned)):
                     p._interrupt = True
@@ -372,8 +389,11 @@ class SDDecoder:
 
         model = None
         if mask_t is not None:
-            model = self.controlnets[plan.control or ""] if plan.backend == "controlnet" else \
-                self.adapters[plan.control or ""]
+            model = (
+                self.controlnets[plan.control or ""]
+                if plan.backend == "controlnet"
+                else self.adapters[plan.control or ""]
+            )
         handle = model.register_forward_hook(_MaskHook(mask_t)) if model is not None else None
         try:
             with torch.inference_mode():
@@ -430,8 +450,12 @@ def _load_lcm_lora(pipe: Any, ref: str) -> None:
         import peft  # noqa: F401
     except ImportError as e:
         raise ModelError("the LCM-LoRA path needs the peft package: pip install peft") from e
-    path = resolve_model_dir(ref, "LCM-LoRA", expect=("pytorch_lora_weights.safetensors",),
-                             hint="pytorch_lora_weights.safetensors of latent-consistency/lcm-lora-sdv1-5")
+    path = resolve_model_dir(
+        ref,
+        "LCM-LoRA",
+        expect=("pytorch_lora_weights.safetensors",),
+        hint="pytorch_lora_weights.safetensors of latent-consistency/lcm-lora-sdv1-5",
+    )
     try:
         pipe.load_lora_weights(str(path), local_files_only=True)
         pipe.fuse_lora()

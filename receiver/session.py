@@ -559,16 +559,21 @@ class ReceiveSession:
             if stop.is_set() and not job.final:
                 self.summary.cancelled += 1
                 self._write(
-                    {"event": "DecodeCancelled", "stream_id": sid, "image_id": iid, "reason": job.reason,
-                     "layers": job.layers.present(), "decode_ms": round(ms, 2)},
+                    {
+                        "event": "DecodeCancelled",
+                        "stream_id": sid,
+                        "image_id": iid,
+                        "reason": job.reason,
+                        "layers": job.layers.present(),
+                        "decode_ms": round(ms, 2),
+                    },
                     loop.time(),
                 )
                 continue
             if rgb is None:
                 self.summary.decode_failures += 1
                 self._write(
-                    {"event": "DecodeFailed", "stream_id": sid, "image_id": iid, "error": error,
-                     "final": job.final},
+                    {"event": "DecodeFailed", "stream_id": sid, "image_id": iid, "error": error, "final": job.final},
                     loop.time(),
                 )
                 if not job.final:
@@ -664,11 +669,7 @@ def _copy(src: Path, dst: Path) -> None:
 def _as_rgb(rgb: Any, layers: LayerSet) -> np.ndarray:
     arr = np.asarray(rgb)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise InputError(
-            f"decoder returned {arr.dtype} {arr.shape}; the Decoder protocol wants uint8 (H, W, 3)"
-        )
+        raise InputError(f"decoder returned {arr.dtype} {arr.shape}; the Decoder protocol wants uint8 (H, W, 3)")
     if arr.shape[:2] != (layers.height, layers.width):
-        raise InputError(
-            f"decoder returned {arr.shape[1]}x{arr.shape[0]}, the image is {layers.width}x{layers.height}"
-        )
+        raise InputError(f"decoder returned {arr.shape[1]}x{arr.shape[0]}, the image is {layers.width}x{layers.height}")
     return arr

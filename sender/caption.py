@@ -23,8 +23,9 @@ CAPTION_HINT = (
 class Captioner:
     """Image -> caption string. Build with :func:`load_captioner`."""
 
-    def __init__(self, model: Any, processor: Any, device: str = "cpu", max_new_tokens: int = 30,
-                 prompt: str | None = None) -> None:
+    def __init__(
+        self, model: Any, processor: Any, device: str = "cpu", max_new_tokens: int = 30, prompt: str | None = None
+    ) -> None:
         self.model = model
         self.processor = processor
         self.device = device
@@ -48,19 +49,19 @@ class Captioner:
             ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
         text = self.processor.batch_decode(ids, skip_special_tokens=True)[0]
         if self.prompt and text.startswith(self.prompt):
-            text = text[len(self.prompt):]
+            text = text[len(self.prompt) :]
         return " ".join(str(text).split())
 
 
-def load_captioner(ref: str | Path | None, device: str = "auto", *, max_new_tokens: int = 30,
-                   prompt: str | None = None) -> Captioner:
+def load_captioner(
+    ref: str | Path | None, device: str = "auto", *, max_new_tokens: int = 30, prompt: str | None = None
+) -> Captioner:
     """Load a captioner from a local folder / cached repo id; ModelError names what to put where."""
     from transformers import AutoConfig, AutoProcessor
 
     from layercast.receiver.models import resolve_model_dir, torch_device_dtype
 
-    path = resolve_model_dir(str(ref) if ref else None, "captioning model", expect=("config.json",),
-                             hint=CAPTION_HINT)
+    path = resolve_model_dir(str(ref) if ref else None, "captioning model", expect=("config.json",), hint=CAPTION_HINT)
     dev, _ = torch_device_dtype(device, "float32")
     try:
         model: Any

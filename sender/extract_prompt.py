@@ -35,6 +35,7 @@ from layercast.proto import pb
 
 if TYPE_CHECKING:
     import numpy as np
+
     from layercast.sender.image_io import LoadedImage
 
 SOURCES = ("a1111", "comfyui", "invokeai", "novelai", "exif", "xmp")
@@ -334,9 +335,7 @@ class _Api:
         self.nodes = {
             str(k): v
             for k, v in graph.items()
-            if isinstance(v, dict)
-            and isinstance(v.get("class_type"), str)
-            and isinstance(v.get("inputs"), dict)
+            if isinstance(v, dict) and isinstance(v.get("class_type"), str) and isinstance(v.get("inputs"), dict)
         }
         # Memo per (node, slot): a DAG of combine nodes is walked once per node, not once per path;
         # an entry is [] while being computed, which also cuts cycles.
@@ -554,9 +553,7 @@ def parse_comfyui_workflow(wf: object) -> GenerationInfo | None:
                 out += texts(ins[k], depth + 1)
         return out
 
-    samplers = [
-        n for _, n in sorted(nodes.items()) if "sampler" in n["type"].lower() and "positive" in inputs(n)
-    ]
+    samplers = [n for _, n in sorted(nodes.items()) if "sampler" in n["type"].lower() and "positive" in inputs(n)]
     for s in samplers:
         ins = inputs(s)
         positive = _join(texts(ins["positive"]))

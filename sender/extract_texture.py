@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from layercast.common import limits
 from layercast.common.color import linear_to_srgb8, srgb8_to_linear
 from layercast.common.errors import InputError
@@ -27,9 +28,7 @@ def _bin_matrix(n: int, cells: int) -> np.ndarray:
     """(cells, n) weights: fraction of each pixel that falls into each cell, rows normalised to 1."""
     edges = np.arange(cells + 1) * (n / cells)
     lo = np.arange(n)
-    overlap = np.clip(
-        np.minimum(lo[None, :] + 1, edges[1:, None]) - np.maximum(lo[None, :], edges[:-1, None]), 0, None
-    )
+    overlap = np.clip(np.minimum(lo[None, :] + 1, edges[1:, None]) - np.maximum(lo[None, :], edges[:-1, None]), 0, None)
     return overlap / overlap.sum(axis=1, keepdims=True)
 
 

@@ -140,16 +140,18 @@ class HEDDetector:
         h, w = a.shape[:2]
         scale = min(1.0, max_side / max(h, w))
         if scale < 1.0:
-            a = cv2.resize(a[:, :, :3], (max(1, round(w * scale)), max(1, round(h * scale))),
-                           interpolation=cv2.INTER_AREA)
+            a = cv2.resize(
+                a[:, :, :3], (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+            )
         bgr = a[:, :, 2::-1].astype(np.float32) - np.asarray(HED_MEAN_BGR, dtype=np.float32)
         x = torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1)))[None].to(self.device)
         with torch.inference_mode():
             p = self.net(x)[0, 0].float().cpu().numpy()
         return p
 
-    def edges(self, rgb: np.ndarray, long_side: int = 192, *, threshold_scale: float = 1.0,
-              min_length: int = 0) -> np.ndarray:
+    def edges(
+        self, rgb: np.ndarray, long_side: int = 192, *, threshold_scale: float = 1.0, min_length: int = 0
+    ) -> np.ndarray:
         """Thin bool edge map at working resolution `long_side` (same knobs as sender.extract_edges.canny_edges)."""
         return thin_edges(self.probability(rgb), long_side, threshold_scale=threshold_scale, min_length=min_length)
 

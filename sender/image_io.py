@@ -41,9 +41,10 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
 from layercast.common import limits
 from layercast.common.errors import InputError, UnsupportedImageError
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _EXIF_IFD = 0x8769
@@ -181,8 +182,7 @@ def _unidentified(fp: IO[bytes], name: str) -> UnsupportedImageError:
             return UnsupportedImageError(f"{name}: the image has zero size ({w}x{h}); nothing to encode")
         return UnsupportedImageError(f"{name}: the PNG header is truncated or corrupt; re-export the file")
     return UnsupportedImageError(
-        f"{name}: not an image (the format is not recognised); pass a PNG, JPEG, WebP, AVIF, BMP, GIF, "
-        "TIFF or PPM file"
+        f"{name}: not an image (the format is not recognised); pass a PNG, JPEG, WebP, AVIF, BMP, GIF, TIFF or PPM file"
     )
 
 
@@ -207,10 +207,8 @@ def to_rgb(im: Image.Image, name: str = "<image>") -> np.ndarray:
         arr = _gray3(_scale16(a) if lo >= 0 and hi <= 65535 else _stretch(a.astype(np.float64)))
     elif mode == "F":
         a = np.nan_to_num(np.asarray(im).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        if a.min() >= 0.0 and a.max() <= 1.0:
-            arr = _gray3(np.rint(a * 255.0).astype(np.uint8))
-        else:
-            arr = _gray3(_stretch(a))
+        unit = a.min() >= 0.0 and a.max() <= 1.0
+        arr = _gray3(np.rint(a * 255.0).astype(np.uint8) if unit else _stretch(a))
     elif mode in _ALPHA_MODES or "transparency" in im.info:
         arr = _on_white(np.asarray(_convert(im, "RGBA", name)))
     else:

@@ -73,8 +73,14 @@ def preprocess(rgb: np.ndarray, crop: tuple[float, float, float, float], in_w: i
     cx, cy, w, h = crop
     sx, sy = in_w / w, in_h / h
     m = np.array([[sx, 0.0, in_w / 2 - cx * sx], [0.0, sy, in_h / 2 - cy * sy]], dtype=np.float64)
-    patch = cv2.warpAffine(np.ascontiguousarray(rgb[:, :, :3]), m, (in_w, in_h), flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    patch = cv2.warpAffine(
+        np.ascontiguousarray(rgb[:, :, :3]),
+        m,
+        (in_w, in_h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
     x = (patch.astype(np.float32) - MEAN_RGB) / STD_RGB
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
@@ -173,9 +179,11 @@ def load_pose_onnx(
     except ImportError as e:
         raise ModelError("pose estimation needs onnxruntime: pip install 'layercast[onnx]'") from e
     avail = ort.get_available_providers()
-    chosen = list(providers) if providers else [
-        pr for pr in ("CUDAExecutionProvider", "CPUExecutionProvider") if pr in avail
-    ]
+    chosen = (
+        list(providers)
+        if providers
+        else [pr for pr in ("CUDAExecutionProvider", "CPUExecutionProvider") if pr in avail]
+    )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     try:

@@ -53,29 +53,27 @@ def choose(
     texture_qualities: Sequence[int] = TEXTURE_QUALITIES,
     with_structure: bool = True,
     with_texture: bool = True,
+    estimate: Callable[[Rung, int | None], int] | None = None,
 ) -> Choice:
     """Search settings so that `size_of(rung, texture_quality)` (whole-stream bytes) is <= `budget`.
 
-    Binary search over `rungs` (sizes are roughly decreasing along the ladder) for each texture quality,
-    best quality first; then structure dropped, then texture dropped. Returns the smallest setting tried
-    with fits=False when nothing fits (the semantic layer alone is over budget).
+    For each texture quality, best first: with a cheap `estimate` of the stream size, rungs are ranked by
+    it, the richest estimated to fit is measured, and the search walks richer or poorer from there (usually
+    two or three real encodes); without one, binary search over `rungs` (sizes roughly decreasing along the
+    ladder). Then structure is dropped, then texture. Returns the smallest setting tried with fits=False
+    when nothing fits (the semantic layer alone is over budget).
     """
     tries = 0
     qualities: list[int | None] = list(texture_qualities) if with_texture else [None]
     for q in qualities:
         if not with_structure:
             break
-        lo, hi = 0, len(rungs) - 1
-        best: tuple[Rung, int] | None = None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            size = size_of(rungs[mid], q)
-            tries += 1
-            if size <= budget:
-                best = (rungs[mid], size)
-                hi = mid - 1
-            else:
-                lo = mid + 1
+        if estimate is None:
+            best, n = _bisect(budget, list(rungs), q, size_of)
+        else:
+            ranked = sorted(rungs, key=lambda r, q=q: -estimate(r, q))  # type: ignore[misc]
+            best, n = _guided(budget, ranked, q, size_of, estimate)
+        tries += n
         if best is not None:
             return Choice(best[0], q, best[1], True, tries)
     fallbacks: list[tuple[Rung | None, int | None]] = []
@@ -89,6 +87,51 @@ def choose(
         if size <= budget:
             return Choice(rung, q, size, True, tries)
     return Choice(None, None, size, False, tries)
+
+
+SizeFn = Callable[[Rung | None, int | None], int]
+
+
+def _bisect(budget: int, rungs: list[Rung], q: int | None, size_of: SizeFn) -> tuple[tuple[Rung, int] | None, int]:
+    lo, hi, tries = 0, len(rungs) - 1, 0
+    best: tuple[Rung, int] | None = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        size = size_of(rungs[mid], q)
+        tries += 1
+        if size <= budget:
+            best = (rungs[mid], size)
+            hi = mid - 1
+        else:
+            lo = mid + 1
+    return best, tries
+
+
+def _guided(
+    budget: int, ranked: list[Rung], q: int | None, size_of: SizeFn, estimate: Callable[[Rung, int | None], int]
+) -> tuple[tuple[Rung, int] | None, int]:
+    """Secant-style search: measure the richest rung estimated to fit, rescale the estimates by what the
+    measurement showed, and repeat (at most four encodes); bisect the rest if nothing measured fits."""
+    est = [estimate(r, q) for r in ranked]
+    scale = 1.0
+    best: tuple[int, int] | None = None  # (index in ranked, size)
+    measured: dict[int, int] = {}
+    for _ in range(4):
+        fits = [i for i, e in enumerate(est) if e * scale <= budget and (best is None or i < best[0])]
+        i = next((k for k in fits if k not in measured), None)
+        if i is None:
+            break
+        measured[i] = size_of(ranked[i], q)
+        if measured[i] <= budget:
+            best = (i, measured[i])
+        scale = max(scale * measured[i] / max(est[i] * scale, 1), 0.25)
+        if best is not None and best[0] == 0:
+            break
+    if best is not None:
+        return (ranked[best[0]], best[1]), len(measured)
+    rest = [r for k, r in enumerate(ranked) if k > max(measured, default=-1)]
+    found, n = _bisect(budget, rest, q, size_of)
+    return found, len(measured) + n
 
 
 def total_layer_bytes(layers: Sequence[EncodedLayer]) -> int:

@@ -134,9 +134,7 @@ def plan_packets(
     """
     if key is not None and next_sequence is None:
         raise InputError("a keyed stream needs sequence numbers (replay defence): pass next_sequence")
-    data = framing.packetize(
-        img, mtu=mtu, order=order, header_every_layer=header_every_layer, keyed=key is not None
-    )
+    data = framing.packetize(img, mtu=mtu, order=order, header_every_layer=header_every_layer, keyed=key is not None)
     by_kind: dict[int, list[pb.Packet]] = {}
     for p in data:
         by_kind.setdefault(p.kind, []).append(p)
@@ -226,9 +224,7 @@ class SendSession:
         self._sequence += 1
         return self._sequence
 
-    async def send_image(
-        self, encoded: EncodedImage, *, image_id: int | None = None, name: str = ""
-    ) -> SendReport:
+    async def send_image(self, encoded: EncodedImage, *, image_id: int | None = None, name: str = "") -> SendReport:
         """Packetize, protect, pace and send one image; `image_id` None = the session's next id."""
         iid = self.next_image_id if image_id is None else image_id
         if not 0 <= iid < 2**32:
@@ -308,9 +304,7 @@ class SendSession:
                 if on_error is None:
                     raise
                 on_error(path, exc)
-            pending = (
-                asyncio.ensure_future(asyncio.to_thread(encode, paths[i + 1])) if i + 1 < len(paths) else None
-            )
+            pending = asyncio.ensure_future(asyncio.to_thread(encode, paths[i + 1])) if i + 1 < len(paths) else None
             if result is None:
                 bar.update(note=f"{path.name}: failed")
                 continue

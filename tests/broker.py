@@ -1,7 +1,7 @@
 """A real Mosquitto broker for tests: started on a free loopback port with a config written by the test.
 
-    from tests.broker import mosquitto_broker  # noqa: F401  (pytest fixture -> port)
-    proc, port = start_mosquitto(tmp_path, extra_conf="...")
+from tests.broker import mosquitto_broker  # noqa: F401  (pytest fixture -> port)
+proc, port = start_mosquitto(tmp_path, extra_conf="...")
 """
 
 from __future__ import annotations

@@ -120,16 +120,12 @@ def make_tls(directory: Path, *, common_name: str = "localhost") -> TlsFiles:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     files = TlsFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key")
@@ -173,9 +169,7 @@ class Broker:
         self._runs += 1
         self._log_file = self.directory / f"mosquitto-{self._runs}.log"
         with open(self._log_file, "wb") as log:
-            self.proc = subprocess.Popen(
-                [binary, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
-            )
+            self.proc = subprocess.Popen([binary, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
         for port in (self.port, self.tls_port):
             if port is not None:
                 try:

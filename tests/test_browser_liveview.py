@@ -42,7 +42,8 @@ async def test_live_page_updates_itself(tmp_path: Path) -> None:
                 await rx.run(count=2, until_closed=False)
                 await page.wait_for_function(
                     "document.querySelector('#stream-8 img').dataset.image === '1'"
-                    " && document.querySelector('#stream-8 img').complete", timeout=10_000
+                    " && document.querySelector('#stream-8 img').complete",
+                    timeout=10_000,
                 )
                 await asyncio.sleep(0.2)
                 meta = await page.locator("#stream-8 .meta").text_content()

@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from PIL import Image
+
 from layercast.common import registry
-from layercast.common.codecs.colormap import ColormapCodec, steps_for
+from layercast.common.codecs import colormap as cmc
+from layercast.common.codecs.colormap import ColormapCodec, dequantise, quantise, steps_for
 from layercast.common.color import delta_e, oklab_to_srgb8, srgb8_to_oklab
 from layercast.common.colormap_edit import hue_shift, map_color, set_cell
 from layercast.common.errors import CodecError, EditError, InputError
 from layercast.common.registry import COLORMAP_PRED
 from layercast.common.types import Colormap
 from layercast.sender.extract_texture import colormap, grid_for
-from PIL import Image
-
 from tests.conftest import aigi_manifest, shared_data
 
 CODEC = ColormapCodec()
 
-cells_st = st.integers(1, 8).flatmap(
-    lambda h: st.integers(1, 8).flatmap(lambda w: arrays(np.uint8, (h, w, 3)))
-)
+cells_st = st.integers(1, 8).flatmap(lambda h: st.integers(1, 8).flatmap(lambda w: arrays(np.uint8, (h, w, 3))))
 
 
 def roundtrip(cells: np.ndarray, quality: int = 50) -> tuple[bytes, Colormap]:
@@ -93,6 +94,51 @@ def test_corrupted_units_raise_codec_error_or_are_valid_units(data: st.DataObjec
     # to a well-formed colormap, the same every time.
     assert out.cells.shape == (4, 4, 3) and out.cells.dtype == np.uint8
     assert np.array_equal(CODEC.decompress(enc.descriptor, [bytes(unit)]).cells, out.cells)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cells=st.integers(1, 16).flatmap(lambda h: st.integers(1, 16).flatmap(lambda w: arrays(np.uint8, (h, w, 3)))),
+    quality=st.integers(1, 100),
+)
+def test_format_round_trips_grids_up_to_16x16(cells: np.ndarray, quality: int) -> None:
+    gh, gw = cells.shape[:2]
+    q = quantise(cells, quality)
+    unit, out = roundtrip(cells, quality)
+    assert np.array_equal(out.cells, dequantise(q, quality))  # lossless above the quantiser
+    assert np.array_equal(cmc._decode_grid(unit, gh, gw, quality), q)
+    assert not unit.endswith(b"\x00")  # minimal termination drops trailing zero bytes
+    # A shorter stream is never the same grid (termination is minimal), and padding is never accepted.
+    if unit:
+        with contextlib.suppress(CodecError):
+            assert not np.array_equal(cmc._decode_grid(unit[:-1], gh, gw, quality), q)
+    desc = CODEC.compress(Colormap(cells), quality=quality).descriptor
+    with pytest.raises(CodecError, match="corrupted"):
+        CODEC.decompress(desc, [unit + b"\x00"])
+
+
+def test_format_bytes_are_pinned() -> None:
+    # The exact stream for a fixed quantised grid: integer-only coding gives these bytes on every machine.
+    grid = np.array([[[17, -1, 2], [18, -1, 2], [16, 0, 0]], [[17, -2, 3], [25, 4, -5], [3, 0, 1]]])
+    unit = bytes.fromhex("784b167193e183ce2bed50")
+    assert cmc._encode_grid(grid, 50) == unit
+    assert np.array_equal(cmc._decode_grid(unit, 2, 3, 50), grid)
+
+
+def test_model_tables_are_valid_integer_distributions() -> None:
+    radii = {int(r) for quality in range(1, 101) for r in cmc._quantiser(quality).qhi - cmc._quantiser(quality).qlo}
+    assert max(radii) == 250
+    for radius in (0, 1, max(radii)):
+        for scale_key in (5, 64, 1000, 1 << 20):
+            cum = cmc._model(scale_key, radius)
+            freqs = np.diff(cum)
+            assert len(freqs) == 2 * radius + 1 and freqs.min() >= 1
+            assert np.array_equal(freqs, freqs[::-1])  # symmetric around residual 0
+            assert np.all(np.diff(freqs[radius:]) <= 0)  # falls off away from 0
+            assert cum[-1] < 1 << cmc._MAX_SYMBOL_BITS
+    # A wider model spreads probability: the zero residual gets a smaller share of the total.
+    narrow, wide = cmc._model(5, 50), cmc._model(640, 50)
+    assert (narrow[51] - narrow[50]) * wide[-1] > (wide[51] - wide[50]) * narrow[-1]
 
 
 def test_most_corruptions_are_detected() -> None:

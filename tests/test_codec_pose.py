@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+
 from layercast.common import registry
 from layercast.common.codecs.pose import PoseCodec, coord_bits
 from layercast.common.errors import CodecError, InputError

@@ -10,6 +10,7 @@ from importlib import resources
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from layercast.common import limits
 from layercast.common.codecs.prompt import (
     CtxPromptCodec,
@@ -24,7 +25,6 @@ from layercast.common.errors import CodecError, InputError, ModelError, UnknownC
 from layercast.common.registry import PROMPT_CTX, PROMPT_UTF8
 from layercast.common.types import LayerKind, Prompt
 from layercast.proto import pb
-
 from tests.conftest import shared_data
 
 CTX = CtxPromptCodec()

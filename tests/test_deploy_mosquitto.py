@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from layercast.common.errors import TransportError, TransportTimeout
 from layercast.common.transport.mqtt import MqttConfig, MqttTransport
-
 from tests.mqtt_broker import Broker, free_port, make_tls, require_client, require_mosquitto, write_passwords
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -33,9 +33,7 @@ def adapted_deploy_broker(tmp_path: Path, users: dict[str, str]) -> Broker:
     write_passwords(directory / "passwd", users)
     tls_port, plain_port = free_port(), free_port()
     text = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
-    assert re.search(r"^listener 8883$", text, re.M) and re.search(
-        r"^listener 1883 127\.0\.0\.1$", text, re.M
-    )
+    assert re.search(r"^listener 8883$", text, re.M) and re.search(r"^listener 1883 127\.0\.0\.1$", text, re.M)
     text = re.sub(r"^listener 8883$", f"listener {tls_port} 127.0.0.1", text, flags=re.M)
     text = re.sub(r"^listener 1883 127\.0\.0\.1$", f"listener {plain_port} 127.0.0.1", text, flags=re.M)
     text = text.replace(ETC, f"{directory}/")
@@ -57,12 +55,8 @@ async def test_deploy_mosquitto_config_enforces_auth_acl_tls_and_limits(tmp_path
     try:
         assert b.tls is not None and b.tls_port is not None
         tls: dict[str, Any] = {"port": b.tls_port, "tls": True, "ca_file": str(b.tls.ca)}
-        local = MqttConfig(
-            host="127.0.0.1", port=b.port, role="receive", username="receiver", password="rx-pw"
-        )
-        camera = MqttConfig(
-            host="localhost", role="send", stream="cam1", username="cam1", password="c1-pw", **tls
-        )
+        local = MqttConfig(host="127.0.0.1", port=b.port, role="receive", username="receiver", password="rx-pw")
+        camera = MqttConfig(host="localhost", role="send", stream="cam1", username="cam1", password="c1-pw", **tls)
         # anonymous clients are refused on both listeners
         for c in (MqttConfig(host="127.0.0.1", port=b.port), MqttConfig(host="localhost", **tls)):
             with pytest.raises(TransportError, match="refused the connection"):
@@ -70,9 +64,7 @@ async def test_deploy_mosquitto_config_enforces_auth_acl_tls_and_limits(tmp_path
         # the TLS listener does not speak plain MQTT
         with pytest.raises(TransportError):
             await MqttTransport(
-                MqttConfig(
-                    host="127.0.0.1", port=b.tls_port, username="cam1", password="c1-pw", connect_timeout=2
-                )
+                MqttConfig(host="127.0.0.1", port=b.tls_port, username="cam1", password="c1-pw", connect_timeout=2)
             ).open(timeout=5)
         async with MqttTransport(local) as rx, MqttTransport(camera) as cam1:
             assert isinstance(rx, MqttTransport) and isinstance(cam1, MqttTransport)
@@ -170,7 +162,4 @@ def test_systemd_units_verify() -> None:
     assert not problems, problems
     receiver = (DEPLOY / "systemd" / "layercast-receiver.service").read_text()
     assert "layercast receive --on ${LAYERCAST_RECEIVE_URL}" in receiver
-    assert (
-        "/etc/layercast/mosquitto/mosquitto.conf"
-        in (DEPLOY / "systemd" / "layercast-mosquitto.service").read_text()
-    )
+    assert "/etc/layercast/mosquitto/mosquitto.conf" in (DEPLOY / "systemd" / "layercast-mosquitto.service").read_text()

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image, PngImagePlugin
+
 from layercast.common import limits
 from layercast.common.types import Prompt
 from layercast.sender.extract_prompt import (
@@ -24,7 +26,6 @@ from layercast.sender.extract_prompt import (
     semantic_layer,
 )
 from layercast.sender.image_io import load_image
-from PIL import Image, PngImagePlugin
 
 # --- A1111 / Forge -----------------------------------------------------------------------------------
 
@@ -445,9 +446,7 @@ KEYS = ["parameters", "prompt", "workflow", "invokeai_metadata", "sd-metadata", 
 values = (
     st.text(max_size=200)
     | json_values.map(json.dumps)
-    | st.sampled_from(
-        ["NovelAI", A1111, json.dumps(COMFY_DEFAULT), json.dumps(COMFY_WORKFLOW), XMP_PLAIN, "prompt:{"]
-    )
+    | st.sampled_from(["NovelAI", A1111, json.dumps(COMFY_DEFAULT), json.dumps(COMFY_WORKFLOW), XMP_PLAIN, "prompt:{"])
 )
 
 
@@ -522,9 +521,7 @@ def test_semantic_layer_end_to_end_and_captioner() -> None:
     assert calls == [(12, 24, 3)]
     assert semantic_layer(bare, override="given", captioner=captioner) == (Prompt("given"), None)
     assert len(calls) == 1
-    neg_only = load_image(
-        _png_with({"parameters": "Negative prompt: blurry\nSteps: 20, Sampler: Euler, Seed: 3"})
-    )
+    neg_only = load_image(_png_with({"parameters": "Negative prompt: blurry\nSteps: 20, Sampler: Euler, Seed: 3"}))
     prompt, gen = semantic_layer(neg_only, captioner=captioner)
     assert prompt == Prompt("a plain blue square", "blurry") and gen is not None and gen.seed == 3
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, PngImagePlugin, features
+
 from layercast.common import limits
 from layercast.common.errors import InputError, UnsupportedImageError
 from layercast.sender.image_io import LoadedImage, decode_user_comment, load_image
-from PIL import Image, PngImagePlugin, features
 
 RNG = np.random.default_rng(7)
 
@@ -72,9 +73,7 @@ def test_palette_with_and_without_transparency() -> None:
     pal.putdata([0, 1])
     np.testing.assert_array_equal(load_image(_save(pal, "PNG")).rgb[0], [[255, 0, 0], [0, 0, 255]])
     # tRNS: palette index 0 is fully transparent -> white
-    np.testing.assert_array_equal(
-        load_image(_save(pal, "PNG", transparency=0)).rgb[0], [[255, 255, 255], [0, 0, 255]]
-    )
+    np.testing.assert_array_equal(load_image(_save(pal, "PNG", transparency=0)).rgb[0], [[255, 255, 255], [0, 0, 255]])
 
 
 def test_grayscale_and_bilevel() -> None:

@@ -167,7 +167,10 @@ def spot_heatmap_model(path: Path, size: tuple[int, int] = (64, 48), k: int = 17
         inits.append(helper.make_tensor("rep", TensorProto.INT64, [4], [1, k, 1, 1]))
         outputs = [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, [None, k, h // 4, w // 4])]
     graph = helper.make_graph(
-        nodes, "spot", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3, h, w])], outputs,
+        nodes,
+        "spot",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3, h, w])],
+        outputs,
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -246,11 +249,27 @@ def save_tiny_blip(directory: Path) -> Path:
     proc = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok)
     torch.manual_seed(0)
     config = BlipConfig(
-        text_config={"vocab_size": len(words), "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "intermediate_size": 37, "max_position_embeddings": 64, "bos_token_id": 2,
-                     "eos_token_id": 3, "sep_token_id": 3, "pad_token_id": 0, "encoder_hidden_size": 32},
-        vision_config={"hidden_size": 32, "image_size": 32, "patch_size": 8, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "intermediate_size": 37},
+        text_config={
+            "vocab_size": len(words),
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 37,
+            "max_position_embeddings": 64,
+            "bos_token_id": 2,
+            "eos_token_id": 3,
+            "sep_token_id": 3,
+            "pad_token_id": 0,
+            "encoder_hidden_size": 32,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "image_size": 32,
+            "patch_size": 8,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 37,
+        },
         projection_dim=32,
     )
     model = BlipForConditionalGeneration(config)

@@ -7,13 +7,13 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from layercast.common.codecs.colormap import ColormapCodec
 from layercast.common.types import Colormap, EdgeMap, LayerSet, PoseLayer, Prompt
 from layercast.proto import pb
 from layercast.receiver.preview import GREY, PreviewDecoder, render_colormap, render_structure
 from layercast.sender.extract_texture import colormap
-from PIL import Image
-
 from tests.conftest import aigi_manifest, shared_data
 
 W, H = 96, 64

@@ -34,9 +34,13 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
 
 def test_registry_ids_match_proto_enum() -> None:
     # written out by hand in the registry: ids are explicit and append-only
-    assert (1, 2, 3, 4, 5) == (
-        registry.PROMPT_UTF8, registry.PROMPT_CTX, registry.EDGES_CTX, registry.COLORMAP_PRED, registry.POSE_KEYPOINTS
-    )
+    assert (
+        registry.PROMPT_UTF8,
+        registry.PROMPT_CTX,
+        registry.EDGES_CTX,
+        registry.COLORMAP_PRED,
+        registry.POSE_KEYPOINTS,
+    ) == (1, 2, 3, 4, 5)
     codecs = registry.all_codecs()
     declared = {v for v in pb.CodecId.values() if v}
     assert set(codecs) == declared

@@ -185,15 +185,20 @@ def test_unknown_stripes_are_masked_not_read_as_empty(decoder: SDDecoder) -> Non
 
 def test_step_callback_and_previews(decoder: SDDecoder) -> None:
     seen: list[tuple[int, int, tuple[int, ...] | None]] = []
-    decoder.decode(LayerSet(header(w=64, h=48), Prompt("a cat"), EdgeMap(edges_a())),
-                   on_step=lambda s, n, p: seen.append((s, n, None if p is None else p.shape)))
+    decoder.decode(
+        LayerSet(header(w=64, h=48), Prompt("a cat"), EdgeMap(edges_a())),
+        on_step=lambda s, n, p: seen.append((s, n, None if p is None else p.shape)),
+    )
     assert seen == [(i + 1, STEPS, (48, 64, 3)) for i in range(STEPS)]
 
 
 @pytest.mark.parametrize("label", ["controlnet:canny", "adapter:color"])
 def test_should_stop_interrupts_early(decoder: SDDecoder, label: str) -> None:
-    layers = (LayerSet(header(), Prompt("a cat"), EdgeMap(edges_a())) if label.startswith("controlnet")
-              else LayerSet(header(), Prompt("a cat"), None, colormap()))
+    layers = (
+        LayerSet(header(), Prompt("a cat"), EdgeMap(edges_a()))
+        if label.startswith("controlnet")
+        else LayerSet(header(), Prompt("a cat"), None, colormap())
+    )
     steps: list[int] = []
     img = decoder.decode(layers, on_step=lambda s, n, p: steps.append(s), should_stop=lambda: len(steps) >= 1)
     assert decoder.last_plan is not None and decoder.last_plan.label == label
@@ -220,8 +225,11 @@ def test_plan_drops_what_no_model_covers() -> None:
     layers = LayerSet(header(), Prompt("x"), pose(), colormap())
     plan = plan_decode(layers, controlnets={"canny"}, adapters=set())
     assert plan.label == "img2img" and plan.notes and "openpose" in plan.notes[0]
-    plan = plan_decode(LayerSet(header(), None, EdgeMap(edges_a(), source=pb.EDGE_SOURCE_PIDINET)),
-                       controlnets={"softedge", "canny"}, adapters=set())
+    plan = plan_decode(
+        LayerSet(header(), None, EdgeMap(edges_a(), source=pb.EDGE_SOURCE_PIDINET)),
+        controlnets={"softedge", "canny"},
+        adapters=set(),
+    )
     assert plan.label == "controlnet:softedge"
     off = plan_decode(LayerSet(header(), None, None, colormap()), controlnets=(), adapters=(), colour_mode="off")
     assert off.label == "txt2img"
@@ -258,8 +266,20 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
     assert SDConfig.from_file(tmp_path / "sd.json").guidance == 5.0
     parser = argparse.ArgumentParser()
     add_sd_arguments(parser)
-    ns = parser.parse_args(["--sd-config", str(tmp_path / "sd.toml"), "--controlnet", "openpose=/m/op",
-                            "--adapter", "color=/m/col", "--steps", "4", "--lcm-lora", "/m/lcm"])
+    ns = parser.parse_args(
+        [
+            "--sd-config",
+            str(tmp_path / "sd.toml"),
+            "--controlnet",
+            "openpose=/m/op",
+            "--adapter",
+            "color=/m/col",
+            "--steps",
+            "4",
+            "--lcm-lora",
+            "/m/lcm",
+        ]
+    )
     cfg = config_from_args(ns)
     assert cfg.controlnets == {"canny": "/m/cn", "openpose": "/m/op"} and cfg.adapters == {"color": "/m/col"}
     assert cfg.steps == 4 and cfg.few_step and cfg.colour == "img2img"

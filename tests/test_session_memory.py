@@ -157,8 +157,12 @@ async def test_forged_replayed_oversized_rejected_with_reason(tmp_path: Path) ->
             await tx.send_image(res.image)
             seq = iter(range(3 * 10**12, 3 * 10**12 + 100))
             forged = plan_packets(res.image, mtu=1200, fec=FecPolicy.none(), key=wrong, next_sequence=lambda: next(seq))
-            sent = [w.data for w in plan_packets(res.image, mtu=1200, fec=FecPolicy.none(), key=key,
-                                                 next_sequence=lambda: next(seq))]
+            sent = [
+                w.data
+                for w in plan_packets(
+                    res.image, mtu=1200, fec=FecPolicy.none(), key=key, next_sequence=lambda: next(seq)
+                )
+            ]
             await a.send(forged[0].data)
             unkeyed = framing.encode_packet(framing.packetize(res.image)[0])
             await a.send(unkeyed)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from layercast.common.errors import InputError, TransportClosed, TransportError, TransportTimeout
 from layercast.common.transport.base import FAMILIES
 from layercast.common.transport.mqtt import (
@@ -25,7 +26,6 @@ from layercast.common.transport.mqtt import (
 from layercast.common.types import LayerKind
 from layercast.proto import FORMAT_VERSION, pb
 from layercast.proto.framing import decode_packet, encode_packet
-
 from tests.mqtt_broker import Broker, require_client, start_broker
 
 KIND_OF = {
@@ -92,9 +92,7 @@ async def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
 
 # --- pure helpers -------------------------------------------------------------------------------------
 
-level = st.text(
-    st.characters(blacklist_characters="/+#\x00", blacklist_categories=["Cs"]), min_size=1, max_size=12
-)
+level = st.text(st.characters(blacklist_characters="/+#\x00", blacklist_categories=["Cs"]), min_size=1, max_size=12)
 
 
 @given(
@@ -120,9 +118,7 @@ def test_parse_topic_rejects_foreign_topics() -> None:
     jitter=st.floats(0, 1),
     seed=st.integers(0, 2**32),
 )
-def test_backoff_is_bounded_and_jittered(
-    attempt: int, initial: float, extra: float, jitter: float, seed: int
-) -> None:
+def test_backoff_is_bounded_and_jittered(attempt: int, initial: float, extra: float, jitter: float, seed: int) -> None:
     import random
 
     maximum = initial + extra
@@ -132,9 +128,7 @@ def test_backoff_is_bounded_and_jittered(
 
 
 def test_from_url() -> None:
-    c = MqttConfig.from_url(
-        "mqtt://us%40r:p%3Ass@broker.lan:1884/site/a/cam1?qos=1&tls=1&group=g&expiry=5,6,7"
-    )
+    c = MqttConfig.from_url("mqtt://us%40r:p%3Ass@broker.lan:1884/site/a/cam1?qos=1&tls=1&group=g&expiry=5,6,7")
     assert (c.host, c.port, c.prefix, c.stream, c.group) == ("broker.lan", 1884, "site/a", "cam1", "g")
     assert (c.username, c.password, c.tls, c.qos, c.expiry) == ("us@r", "p:ss", True, (1, 1, 1), (5, 6, 7))
     assert "p:ss" not in repr(c)
@@ -459,9 +453,7 @@ async def test_shared_subscription_splits_without_duplicates(brokers: list[Broke
 
 
 @pytest.mark.mqtt
-async def test_without_reconnect_a_lost_broker_closes_the_transport(
-    brokers: list[Broker], tmp_path: Path
-) -> None:
+async def test_without_reconnect_a_lost_broker_closes_the_transport(brokers: list[Broker], tmp_path: Path) -> None:
     b = broker_at(brokers, tmp_path)
     async with (
         MqttTransport(cfg(b, role="receive", reconnect=False)) as rx,

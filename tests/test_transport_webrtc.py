@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 pytest.importorskip("aiortc")
 
 from broker import mosquitto_broker  # noqa: F401  (pytest fixture)
+
 from layercast.common.errors import (
     AuthError,
     InputError,
@@ -216,9 +217,7 @@ asyncio.run(main())
 async def test_backpressure_blocks_send_while_the_peer_is_stalled() -> None:
     """A receiver process is stopped (SIGSTOP): SCTP's window fills, bufferedAmount climbs to the high
     watermark, `send` blocks and times out; after SIGCONT everything sent on the reliable channel lands."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CHILD_RECEIVER, stdout=asyncio.subprocess.PIPE
-    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _CHILD_RECEIVER, stdout=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
     try:
         port = int(await asyncio.wait_for(proc.stdout.readline(), 20))
@@ -434,9 +433,7 @@ async def test_mqtt_signalling_with_a_real_broker(mosquitto_broker: int) -> None
             await connect_webrtc(f"mqtt://127.0.0.1:{port}/rx-nobody", timeout=1.5)
     # pinned mismatch over MQTT: the receiver publishes a refusal on the answer topic
     pin = certificate_fingerprint(generate_certificate_pem())
-    async with MqttWebRTCServer(
-        f"mqtt://127.0.0.1:{port}/rx-2", WebRTCConfig(pinned_fingerprints=(pin,))
-    ):
+    async with MqttWebRTCServer(f"mqtt://127.0.0.1:{port}/rx-2", WebRTCConfig(pinned_fingerprints=(pin,))):
         with pytest.raises(AuthError, match="rx-2 refused the offer"):
             await connect_webrtc(f"mqtt://127.0.0.1:{port}/rx-2", timeout=10)
 

@@ -174,7 +174,10 @@ def save_tiny_adapter(directory: Path, in_channels: int = 3, seed: int = 2) -> P
 
     _seed(seed)
     adapter: Any = T2IAdapter(
-        in_channels=in_channels, channels=[4, 8], num_res_blocks=1, downscale_factor=2,
+        in_channels=in_channels,
+        channels=[4, 8],
+        num_res_blocks=1,
+        downscale_factor=2,
         adapter_type="full_adapter",
     )
     adapter.save_pretrained(str(directory), safe_serialization=True)

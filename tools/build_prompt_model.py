@@ -31,9 +31,7 @@ def build(csv_path: Path) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--csv", type=Path, default=ROOT.parent / "shared" / "data" / "prompts" / "agiqa3k.csv"
-    )
+    parser.add_argument("--csv", type=Path, default=ROOT.parent / "shared" / "data" / "prompts" / "agiqa3k.csv")
     parser.add_argument("-o", "--out", type=Path, default=ROOT / "common" / "models" / "prompt_model.bin")
     args = parser.parse_args(argv)
     data = build(args.csv)

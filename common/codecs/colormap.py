@@ -1,29 +1,36 @@
 """Colormap codec (CODEC_ID_COLORMAP_PRED): Oklab quantisation + MED prediction + adaptive range coding.
 
-Unit layout (one unit per layer): the range coder's 32-bit words, big-endian, with up to three
-trailing bytes cut where padding them back with 0xFF decodes the same symbols.
+Unit layout (one unit per layer): the stream bytes of `rangecoder.RangeEncoder` (exact integer range
+coder, minimal termination, no trailing zero bytes) holding gh * gw * 3 symbols, one per cell and
+channel in raster order, L then a then b. No header: grid size and quality are in the descriptor.
 
 Coding, per cell in raster order and per channel L, a, b:
 1. The cell's sRGB colour goes to Oklab and is quantised with a step set by `quality` (chroma coarser).
 2. The quantised value is predicted from its quantised left, up and up-left neighbours (LOCO-I's MED
    predictor; the first row/column use the one neighbour there, the first cell a fixed guess).
 3. The residual is coded with a two-sided geometric model whose scale mixes the channel's running mean
-   |residual| (starting from a per-channel prior) with the local gradient. Model tables are built with
-   plain IEEE arithmetic (no transcendental functions), so the bytes are identical on every machine.
+   |residual| (starting from a per-channel prior) with the local gradient, rounded to 1/64. The model's
+   integer frequency table is built in exact integer arithmetic from that rounded scale, so the bytes
+   are identical on every machine.
 
-A decoded unit is re-encoded and compared byte for byte, so a corrupted unit raises CodecError rather
-than silently decoding to wrong colours.
+The decoder re-codes each symbol it reads and requires the unit to be exactly that coding, and every
+decoded value to lie in its channel's range, so a corrupted unit raises CodecError rather than
+silently decoding to wrong colours (bytes that pass are the canonical coding of some grid).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
+
 from layercast.common import limits
+from layercast.common.codecs.rangecoder import RangeDecoder, RangeEncoder
 from layercast.common.color import oklab_to_srgb8, srgb8_to_oklab
 from layercast.common.errors import CodecError, InputError
 from layercast.common.registry import COLORMAP_PRED, LayerCodec, register
@@ -46,6 +53,10 @@ _CHROMA_STEP_FACTOR = 1.5
 """Chroma (a, b) quantiser steps are this much coarser than L's."""
 _MIN_SCALE = 0.08
 """Smallest model scale (quantiser steps), keeps the zero-residual probability below about 0.93."""
+_PEAK_FREQ = 1 << 24
+"""Integer frequency of the zero residual; the others fall geometrically from it, never below 1."""
+_MAX_SYMBOL_BITS = 33
+"""Most bits one symbol can cost: its total is at most 501 * _PEAK_FREQ < 2**33 (radius <= 250)."""
 
 
 @dataclass(frozen=True)
@@ -98,111 +109,98 @@ def _med(left: int, up: int, upleft: int) -> int:
 
 
 @lru_cache(maxsize=4096)
-def _model(scale_key: int, radius: int) -> Any:
-    """Two-sided geometric model over residuals -radius..radius (symbol = residual + radius)."""
-    import constriction
+def _model(scale_key: int, radius: int) -> tuple[int, ...]:
+    """Cumulative frequencies of the two-sided geometric model over residuals -radius..radius.
 
-    scale = scale_key / 64.0
-    theta = scale / (scale + 1.0)  # ~exp(-1/scale) without a transcendental function
-    powers = np.cumprod(np.full(radius, theta)) if radius else np.zeros(0)
-    probs = np.concatenate([powers[::-1], [1.0], powers])
-    return constriction.stream.model.Categorical(probs, perfect=False)
+    Symbol s = residual + radius has frequency cum[s + 1] - cum[s] (at least 1); the total is cum[-1].
+    The ratio between neighbouring frequencies is theta = scale / (scale + 1) with scale = scale_key / 64
+    (about exp(-1 / scale)), applied in exact integer arithmetic.
+    """
+    num, den = scale_key, scale_key + 64
+    weight = _PEAK_FREQ
+    tail = []
+    for _ in range(radius):
+        weight = weight * num // den
+        tail.append(weight or 1)
+    tail.reverse()
+    freqs = [*tail, _PEAK_FREQ, *reversed(tail)]
+    return tuple(accumulate(freqs, initial=0))
 
 
-def _walk(gh: int, gw: int, quality: int, grid: np.ndarray) -> Iterator[tuple[int, int, int, int, Any]]:
-    """Yield (row, col, channel, prediction, model) in coding order.
+def _walk(gh: int, gw: int, quality: int, grid: list[int]) -> Iterator[tuple[int, int, tuple[int, ...]]]:
+    """Yield (index, base, cumulative table) in coding order; the symbol is grid[index] - base.
 
-    `grid` holds the quantised values; the caller fills cell (row, col, channel) after each yield, so
-    encoder and decoder share this one walk.
+    `grid` is the flat (row, col, channel) list of quantised values; the caller fills grid[index]
+    after each yield, so encoder and decoder share this one walk. base = prediction - radius.
     """
     qz = _quantiser(quality)
-    radius = (qz.qhi - qz.qlo).astype(int)
-    first = np.rint(_FIRST_GUESS / qz.step).astype(int)
-    prior = _PRIOR_ABS / qz.step
-    abs_sum = prior * _PRIOR_WEIGHT
-    count = np.full(3, _PRIOR_WEIGHT)
+    radius = (qz.qhi - qz.qlo).tolist()
+    first = np.rint(_FIRST_GUESS / qz.step).astype(int).tolist()
+    prior = (_PRIOR_ABS / qz.step).tolist()
+    abs_sum = [p * _PRIOR_WEIGHT for p in prior]
+    count = [_PRIOR_WEIGHT] * 3
+    row = gw * 3
+    i = 0
     for r in range(gh):
         for c in range(gw):
             for ch in range(3):
+                grad: float
                 if r == 0 and c == 0:
-                    pred, grad = int(first[ch]), float(prior[ch]) * 3.0
+                    pred, grad = first[ch], prior[ch] * 3.0
                 elif r == 0:
-                    pred = int(grid[r, c - 1, ch])
-                    grad = abs(pred - int(grid[r, c - 2, ch])) if c >= 2 else float(prior[ch])
+                    pred = grid[i - 3]
+                    grad = abs(pred - grid[i - 6]) if c >= 2 else prior[ch]
                 elif c == 0:
-                    pred = int(grid[r - 1, c, ch])
-                    grad = abs(pred - int(grid[r - 2, c, ch])) if r >= 2 else float(prior[ch])
+                    pred = grid[i - row]
+                    grad = abs(pred - grid[i - 2 * row]) if r >= 2 else prior[ch]
                 else:
-                    left, up = int(grid[r, c - 1, ch]), int(grid[r - 1, c, ch])
-                    ul = int(grid[r - 1, c - 1, ch])
+                    left, up, ul = grid[i - 3], grid[i - row], grid[i - row - 3]
                     pred = _med(left, up, ul)
                     grad = (abs(left - ul) + abs(up - ul)) / 2.0
                 scale = max(_MIN_SCALE, 0.5 * abs_sum[ch] / count[ch] + 0.5 * grad)
                 scale_key = min(int(scale * 64.0 + 0.5), 1 << 20)
-                yield r, c, ch, pred, _model(scale_key, int(radius[ch]))
-                abs_sum[ch] += abs(int(grid[r, c, ch]) - pred)
+                yield i, pred - radius[ch], _model(scale_key, radius[ch])
+                abs_sum[ch] += abs(grid[i] - pred)
                 count[ch] += 1.0
-
-
-def _pack(words: np.ndarray, decodes: Any) -> bytes:
-    """Big-endian bytes of the coder's words, trailing bytes cut while 0xFF padding still decodes."""
-    data = words.astype(">u4").tobytes()
-    best = data
-    for cut in range(1, 4):
-        if len(data) - cut <= 0:
-            break
-        if decodes(_unpack(data[:-cut])):
-            best = data[:-cut]
-        else:
-            break
-    return best
-
-
-def _unpack(data: bytes) -> np.ndarray:
-    padded = data + b"\xff" * (-len(data) % 4)
-    return np.frombuffer(padded, dtype=">u4").astype(np.uint32)
-
-
-def _coder_words(grid: np.ndarray, quality: int) -> np.ndarray:
-    import constriction
-
-    gh, gw = grid.shape[:2]
-    radius = _quantiser(quality).qhi - _quantiser(quality).qlo
-    enc = constriction.stream.queue.RangeEncoder()
-    for r, c, ch, pred, model in _walk(gh, gw, quality, grid):
-        sym = int(grid[r, c, ch]) - pred + int(radius[ch])
-        enc.encode(np.array([sym], dtype=np.int32), model)
-    return np.asarray(enc.get_compressed())
+                i += 1
 
 
 def _encode_grid(grid: np.ndarray, quality: int) -> bytes:
+    """Range-code a quantised (gh, gw, 3) grid."""
     gh, gw = grid.shape[:2]
-    words = _coder_words(grid, quality)
+    flat = grid.reshape(-1).tolist()
+    enc = RangeEncoder()
+    for i, base, cum in _walk(gh, gw, quality, flat):
+        sym = flat[i] - base
+        enc.encode(cum[sym], cum[sym + 1] - cum[sym], cum[-1])
+    return enc.finish()
 
-    def decodes(w: np.ndarray) -> bool:
-        decoded = _decode_words(w, gh, gw, quality)
-        return decoded is not None and np.array_equal(decoded, grid)
 
-    return _pack(words, decodes)
+def _decode_grid(unit: bytes, gh: int, gw: int, quality: int) -> np.ndarray:
+    """Decode the quantised grid; CodecError unless `unit` is exactly the encoding of a valid grid.
 
-
-def _decode_words(words: np.ndarray, gh: int, gw: int, quality: int) -> np.ndarray | None:
-    """Decode the quantised grid; None when a value leaves its channel's range (corrupted data)."""
-    import constriction
-
+    Every decoded symbol is also fed to an encoder (cheap next to the walk), and the unit must equal
+    its output: bytes past the end of the stream, a non-minimal termination or wrong symbols all fail.
+    """
     qz = _quantiser(quality)
-    dec = constriction.stream.queue.RangeDecoder(words)
-    grid = np.zeros((gh, gw, 3), dtype=np.int64)
-    for r, c, ch, pred, model in _walk(gh, gw, quality, grid):
-        try:
-            sym = int(dec.decode(model))
-        except (AssertionError, ValueError, RuntimeError):  # constriction's "invalid compressed data"
-            return None
-        value = pred + sym - int(qz.qhi[ch] - qz.qlo[ch])
-        if not qz.qlo[ch] <= value <= qz.qhi[ch]:
-            return None
-        grid[r, c, ch] = value
-    return grid
+    qlo, qhi = qz.qlo.tolist(), qz.qhi.tolist()
+    flat = [0] * (gh * gw * 3)
+    dec = RangeDecoder(unit)
+    enc = RangeEncoder()
+    for i, base, cum in _walk(gh, gw, quality, flat):
+        total = cum[-1]
+        sym = bisect_right(cum, dec.target(total)) - 1
+        lo, freq = cum[sym], cum[sym + 1] - cum[sym]
+        dec.consume(lo, freq)
+        enc.encode(lo, freq, total)
+        value = base + sym
+        ch = i % 3
+        if not qlo[ch] <= value <= qhi[ch]:
+            raise CodecError("colormap unit is corrupted (a decoded colour leaves the Oklab gamut box)")
+        flat[i] = value
+    if enc.finish() != unit:
+        raise CodecError("colormap unit is corrupted (it is not the exact coding of the grid it decodes to)")
+    return np.array(flat, dtype=np.int64).reshape(gh, gw, 3)
 
 
 @register
@@ -243,9 +241,6 @@ class ColormapCodec(LayerCodec):
         unit = units[0]
         if unit is None:
             raise CodecError("texture unit missing")
-        if not 1 <= len(unit) <= 16 + gh * gw * 12:
+        if len(unit) > 16 + (gh * gw * 3 * _MAX_SYMBOL_BITS + 7) // 8:
             raise CodecError(f"colormap unit of {len(unit)} bytes is impossible for a {gw}x{gh} grid")
-        grid = _decode_words(_unpack(bytes(unit)), gh, gw, quality)
-        if grid is None or _encode_grid(grid, quality) != bytes(unit):
-            raise CodecError("colormap unit is corrupted (it does not decode to a consistent grid)")
-        return Colormap(cells=dequantise(grid, quality))
+        return Colormap(cells=dequantise(_decode_grid(bytes(unit), gh, gw, quality), quality))

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from layercast.common import limits
 from layercast.common.errors import CodecError, InputError
 from layercast.common.registry import POSE_KEYPOINTS, LayerCodec, register
@@ -93,9 +94,7 @@ class PoseCodec(LayerCodec):
             raise InputError(f"{len(value.people)} people exceed the limit of {limits.MAX_PEOPLE}")
         shapes = {np.shape(p) for p in value.people}
         if len(shapes) > 1 or any(len(s) != 2 or s[1] != 3 or not 1 <= s[0] <= 256 for s in shapes):
-            raise InputError(
-                f"every person must be a (K, 3) array with the same K in 1..256, got {sorted(shapes)}"
-            )
+            raise InputError(f"every person must be a (K, 3) array with the same K in 1..256, got {sorted(shapes)}")
         keypoints = shapes.pop()[0] if shapes else 18
         units = [_encode_person(p, width, height) for p in value.people] or [b""]
         desc = pb.LayerDescriptor(

@@ -61,9 +61,7 @@ class ContextModel:
 
     def __init__(self, version: int, max_order: int, beta_num: int, beta_den: int, texts: Iterable[bytes]):
         if not 0 <= max_order <= 16 or beta_num < 1 or beta_den < 1:
-            raise ModelError(
-                f"prompt model parameters are invalid (order {max_order}, beta {beta_num}/{beta_den})"
-            )
+            raise ModelError(f"prompt model parameters are invalid (order {max_order}, beta {beta_num}/{beta_den})")
         texts = tuple(texts)
         self.texts = texts
         """The build texts the model's counts come from."""
@@ -196,9 +194,7 @@ class ContextModel:
         return text
 
 
-def serialize_model(
-    version: int, max_order: int, beta_num: int, beta_den: int, prompts: Iterable[str]
-) -> bytes:
+def serialize_model(version: int, max_order: int, beta_num: int, beta_den: int, prompts: Iterable[str]) -> bytes:
     """The model file bytes for these build prompts (deterministic)."""
     encoded = [p.encode("utf-8") for p in prompts]
     if any(b"\x00" in p for p in encoded):

@@ -154,22 +154,16 @@ class MqttConfig:
         if self.role not in ROLES:
             raise InputError(f"MQTT role {self.role!r} is not one of {', '.join(ROLES)}")
         if not self.host:
-            raise InputError(
-                "MQTT broker host is empty: give one, e.g. mqtt://broker.example:1883/layercast/cam1"
-            )
+            raise InputError("MQTT broker host is empty: give one, e.g. mqtt://broker.example:1883/layercast/cam1")
         if self.port is not None and not 1 <= self.port <= 65535:
             raise InputError(f"MQTT port {self.port} is outside 1..65535")
         if not self.prefix or self.prefix.startswith("$") or any(c in self.prefix for c in "+#\x00"):
-            raise InputError(
-                f"topic prefix {self.prefix!r} must be non-empty, without wildcards or a leading '$'"
-            )
+            raise InputError(f"topic prefix {self.prefix!r} must be non-empty, without wildcards or a leading '$'")
         if any(not level for level in self.prefix.split("/")):
             raise InputError(f"topic prefix {self.prefix!r} has an empty level")
         if self.role == "send":
             if self.stream == "+" or "," in self.stream:
-                raise InputError(
-                    "a sender publishes as one stream: give its id, e.g. mqtt://broker/layercast/cam1"
-                )
+                raise InputError("a sender publishes as one stream: give its id, e.g. mqtt://broker/layercast/cam1")
             _check_level(self.stream, "stream id")
         else:
             for s in self.streams:
@@ -291,9 +285,7 @@ def _triple(value: str, key: str, url: str) -> tuple[int, int, int]:
     if len(items) == 1:
         items = items * len(FAMILIES)
     if len(items) != len(FAMILIES):
-        raise InputError(
-            f"{key}={value!r} in {url!r}: give one value or {len(FAMILIES)} ({', '.join(FAMILIES)})"
-        )
+        raise InputError(f"{key}={value!r} in {url!r}: give one value or {len(FAMILIES)} ({', '.join(FAMILIES)})")
     return (items[0], items[1], items[2])
 
 
@@ -342,9 +334,7 @@ class MqttStats:
     reconnects: int = 0
 
 
-_PUBLISH_MIDS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
-    "mqtt_publish_mids", default=None
-)
+_PUBLISH_MIDS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("mqtt_publish_mids", default=None)
 """Message ids handed out by paho while a `_send` publishes (to match PUBACK reason codes to it)."""
 
 
@@ -397,9 +387,7 @@ class MqttTransport(Transport):
             if cfg.cert_file and cfg.key_file:
                 ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
         except (OSError, ssl.SSLError) as exc:
-            raise TransportError(
-                f"cannot load TLS files (ca={cfg.ca_file}, cert={cfg.cert_file}): {exc}"
-            ) from None
+            raise TransportError(f"cannot load TLS files (ca={cfg.ca_file}, cert={cfg.cert_file}): {exc}") from None
         if cfg.tls_insecure:
             ctx.check_hostname = False
         return ctx
@@ -476,9 +464,7 @@ class MqttTransport(Transport):
                 f"TLS handshake with MQTT broker {self.where} failed ({text}): check the CA file "
                 f"({self.config.ca_file}), the broker certificate's host name, or the port (plain vs TLS)"
             )
-        return TransportError(
-            f"cannot reach MQTT broker {self.where} ({text}): is it running and listening there?"
-        )
+        return TransportError(f"cannot reach MQTT broker {self.where} ({text}): is it running and listening there?")
 
     async def _connect(self) -> None:
         """Connect once (and subscribe when receiving); raises TransportError."""
@@ -610,9 +596,7 @@ class MqttTransport(Transport):
         import aiomqtt
 
         if self.config.role != "send":
-            raise TransportError(
-                "this MQTT transport was opened to receive; open one with role='send' to publish"
-            )
+            raise TransportError("this MQTT transport was opened to receive; open one with role='send' to publish")
         if len(data) > limits.MAX_PACKET_BYTES:
             raise InputError(f"packet of {len(data)} bytes exceeds the {limits.MAX_PACKET_BYTES}-byte limit")
         topic = self.config.topic(family)
@@ -627,9 +611,7 @@ class MqttTransport(Transport):
             mids: list[int] = []
             token = _PUBLISH_MIDS.set(mids)
             try:
-                pub = asyncio.ensure_future(
-                    client.publish(topic, data, qos=qos, properties=props, timeout=math.inf)
-                )
+                pub = asyncio.ensure_future(client.publish(topic, data, qos=qos, properties=props, timeout=math.inf))
             finally:
                 _PUBLISH_MIDS.reset(token)
             try:

@@ -130,9 +130,7 @@ class HttpSignalling(Signalling):
                 if resp.status == 403:
                     raise AuthError(f"signalling server {self.url} refused the offer: {text}")
                 if resp.status != 200:
-                    raise TransportError(
-                        f"signalling server {self.url} answered HTTP {resp.status}: {text[:200]}"
-                    )
+                    raise TransportError(f"signalling server {self.url} answered HTTP {resp.status}: {text[:200]}")
                 obj = json.loads(text)
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportError(f"cannot reach signalling server {self.url}: {exc}") from exc
@@ -218,9 +216,7 @@ class MqttSignalling(Signalling):
             await client.subscribe(sub, qos=1)
         except aiomqtt.MqttError as exc:
             await stack.aclose()
-            raise TransportError(
-                f"MQTT signalling: cannot use broker {self.host}:{self.port}: {exc}"
-            ) from exc
+            raise TransportError(f"MQTT signalling: cannot use broker {self.host}:{self.port}: {exc}") from exc
         self._client, self._stack = client, stack
 
     async def _publish(self, topic: str, obj: dict[str, Any]) -> None:
@@ -322,7 +318,9 @@ def signalling_from_url(url: str, *, role: str = "offer") -> Signalling:
             password=unquote(parts.password) if parts.password else None,
             tls=parts.scheme == "mqtts",
         )
-    raise InputError(f"unknown signalling URL {url!r}: use http://HOST:PORT/offer, webrtc://HOST:PORT or mqtt://BROKER/ID")
+    raise InputError(
+        f"unknown signalling URL {url!r}: use http://HOST:PORT/offer, webrtc://HOST:PORT or mqtt://BROKER/ID"
+    )
 
 
 async def connect_webrtc(

@@ -217,8 +217,7 @@ def check_pinned(sdp: str, pins: tuple[str, ...]) -> None:
     if not set(found) & set(pins):
         shown = next((f for f in found if f.startswith("sha-256 ")), found[0])
         raise AuthError(
-            f"remote DTLS fingerprint {shown} is not pinned (expected {' or '.join(pins)}); "
-            "refusing the connection"
+            f"remote DTLS fingerprint {shown} is not pinned (expected {' or '.join(pins)}); refusing the connection"
         )
 
 
@@ -423,9 +422,7 @@ class WebRTCTransport(Transport):
     # -- events ------------------------------------------------------------------------------------
 
     def _on_open(self) -> None:
-        if len(self._channels) == len(FAMILIES) and all(
-            ch.readyState == "open" for ch in self._channels.values()
-        ):
+        if len(self._channels) == len(FAMILIES) and all(ch.readyState == "open" for ch in self._channels.values()):
             self._opened.set()
 
     def _on_state(self) -> None:
