@@ -21,12 +21,16 @@ def sample_paths() -> list[Path]:
 
 
 @functools.cache
-def encoded_samples() -> tuple[Any, ...]:
-    """EncodeResults of every sample image (cached for the test session)."""
+def encoded_samples(stream_id: int = 0) -> tuple[Any, ...]:
+    """EncodeResults of every sample image (cached for the test session).
+
+    The stream id is part of every packet, so it counts against the byte budget: encode with the id the
+    stream will carry to compare with what a receiver rebuilds.
+    """
     from layercast.cli import build_parser, encode_path
 
     args = build_parser().parse_args(["encode", "x", "-o", "x", *ENCODE_FLAGS])
-    return tuple(encode_path(p, args) for p in sample_paths())
+    return tuple(encode_path(p, args, stream_id=stream_id) for p in sample_paths())
 
 
 def file_decodes(results: Any) -> list[np.ndarray]:

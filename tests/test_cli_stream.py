@@ -30,7 +30,7 @@ def test_send_to_file_then_receive(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["receive", "--on", f"file:{lcs}", "--out", str(out), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["images"] == got["complete"] == 2 and got["rejected"] == 0
-    for iid, ref in enumerate(file_decodes(encoded_samples()[:2])):
+    for iid, ref in enumerate(file_decodes(encoded_samples(stream_id=3)[:2])):
         assert np.array_equal(read_png(out / "3" / str(iid) / "final.png"), ref)
     assert (out / "events.jsonl").is_file()
 
