@@ -90,7 +90,7 @@ def reference(img: EncodedImage) -> dict[str, Any]:
 def assert_same_values(ready: ImageReady, img: EncodedImage) -> None:
     ref = reference(img)
     assert ready.layers.prompt == ref["semantic"]
-    assert ready.layers.structure is not None and ready.layers.texture is not None
+    assert isinstance(ready.layers.structure, PoseLayer) and ready.layers.texture is not None
     assert len(ready.layers.structure.people) == len(ref["structure"].people)
     for a, b in zip(ready.layers.structure.people, ref["structure"].people, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -164,7 +164,7 @@ def test_random_drops_with_fec_every_image_finishes_exactly_once(rnd: random.Ran
     by_kind: dict[int, set[int]] = {}
     for p in kept:
         by_kind.setdefault(p.kind, set()).add(p.fragment_index)
-    k = {p.kind: p.fragment_count for p in pkts}
+    k: dict[int, int] = {p.kind: p.fragment_count for p in pkts}
     recoverable = {LayerKind(kind).family for kind, got in by_kind.items() if len(got) >= k[kind]}
     assert {e.family for e in of(events, LayerComplete)} == recoverable
     assert ready.complete == (recoverable == {"semantic", "structure", "texture"})

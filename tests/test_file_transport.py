@@ -86,7 +86,7 @@ async def test_bad_magic(tmp_path: Path, content: bytes, error: type[Exception])
 
 async def test_mode_and_path_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="mode"):
-        FileTransport(tmp_path / "x", "a")
+        FileTransport(tmp_path / "x", "a")  # type: ignore[arg-type]  # the bad mode is the point
     with pytest.raises(InputError, match="cannot open"):
         await FileTransport(tmp_path / "missing.lcs", "r").open()
     await write(tmp_path / "ok.lcs", [b"p"])

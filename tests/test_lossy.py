@@ -108,7 +108,7 @@ def test_model_parse_from_cli_strings() -> None:
 )
 def test_invalid_models_are_rejected(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(InputError, match=match):
-        LinkModel(**kwargs)
+        LinkModel(**kwargs)  # type: ignore[arg-type]
 
 
 # --- the simulator ------------------------------------------------------------------------------------

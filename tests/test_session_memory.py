@@ -16,6 +16,7 @@ from layercast.common.transport.lossy import LinkModel
 from layercast.common.transport.memory import memory_pair
 from layercast.common.types import LayerSet
 from layercast.proto import framing
+from layercast.receiver.decoder import Decoder
 from layercast.receiver.preview import PreviewDecoder
 from layercast.receiver.session import ReceiveSession, Stage
 from layercast.sender.session import SendSession, plan_packets
@@ -30,7 +31,7 @@ async def _stream(
     profile: str = "webrtc",
     model: LinkModel | None = None,
     rate: float = 0,
-    decoder: object | None = None,
+    decoder: Decoder | None = None,
 ) -> tuple[ReceiveSession, list[int]]:
     results = encoded_samples()
     a, b = memory_pair()
@@ -66,7 +67,8 @@ async def test_lossy_link_every_image_yields_output(tmp_path: Path, model: LinkM
     for iid in ids:
         final = tmp_path / "5" / str(iid) / "final.png"
         assert final.is_file(), f"image {iid} got packets but no output"
-        assert read_png(final).shape[:2] == (rx.records[(5, iid)].final.rgb.shape[:2])
+        stage = rx.records[(5, iid)].final
+        assert stage is not None and read_png(final).shape[:2] == stage.rgb.shape[:2]
     events = read_events(tmp_path)
     ready = [e for e in events if e["event"] == "ImageReady"]
     assert sorted(e["image_id"] for e in ready) == sorted(ids)

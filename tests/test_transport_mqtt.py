@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -46,7 +47,7 @@ def wire_packets(n: int, stream_id: int = 1) -> list[tuple[str, bytes]]:
             version=FORMAT_VERSION,
             stream_id=stream_id,
             image_id=i // 3,
-            kind=int(KIND_OF[family]),
+            kind=int(KIND_OF[family]),  # type: ignore[arg-type]  # LayerKind values are the wire ints
             fragment_index=0,
             fragment_count=1,
             sequence=i + 1,
@@ -72,7 +73,7 @@ def broker_at(brokers: list[Broker], tmp_path: Path, **kw: object) -> Broker:
 
 
 def cfg(broker: Broker, **kw: object) -> MqttConfig:
-    base: dict[str, object] = {
+    base: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": broker.port,
         "backoff_initial": 0.05,

@@ -254,7 +254,7 @@ async def test_send_refuses_bad_input() -> None:
         with pytest.raises(InputError, match="max_message_bytes"):
             await client.send(bytes(70000))
         with pytest.raises(InputError, match="bytes"):
-            await client.send("text", family="semantic")
+            await client.send("text", family="semantic")  # type: ignore[arg-type]  # wrong type on purpose
 
 
 async def test_close_semantics() -> None:

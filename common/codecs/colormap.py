@@ -20,6 +20,7 @@ silently decoding to wrong colours (bytes that pass are the canonical coding of 
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -109,25 +110,27 @@ def _med(left: int, up: int, upleft: int) -> int:
 
 
 @lru_cache(maxsize=4096)
-def _model(scale_key: int, radius: int) -> tuple[int, ...]:
+def _model(scale_key: int, radius: int) -> array[int]:
     """Cumulative frequencies of the two-sided geometric model over residuals -radius..radius.
 
     Symbol s = residual + radius has frequency cum[s + 1] - cum[s] (at least 1); the total is cum[-1].
     The ratio between neighbouring frequencies is theta = scale / (scale + 1) with scale = scale_key / 64
-    (about exp(-1 / scale)), applied in exact integer arithmetic.
+    (about exp(-1 / scale)), applied in exact integer arithmetic. An int64 array: a full table
+    (radius 250) takes 4 KB of the cache.
     """
     num, den = scale_key, scale_key + 64
     weight = _PEAK_FREQ
-    tail = []
-    for _ in range(radius):
+    tail: list[int] = []
+    for k in range(radius):
         weight = weight * num // den
-        tail.append(weight or 1)
-    tail.reverse()
-    freqs = [*tail, _PEAK_FREQ, *reversed(tail)]
-    return tuple(accumulate(freqs, initial=0))
+        if not weight:  # the rest of the tail is the floor frequency
+            tail.extend([1] * (radius - k))
+            break
+        tail.append(weight)
+    return array("q", accumulate([*reversed(tail), _PEAK_FREQ, *tail], initial=0))
 
 
-def _walk(gh: int, gw: int, quality: int, grid: list[int]) -> Iterator[tuple[int, int, tuple[int, ...]]]:
+def _walk(gh: int, gw: int, quality: int, grid: list[int]) -> Iterator[tuple[int, int, array[int]]]:
     """Yield (index, base, cumulative table) in coding order; the symbol is grid[index] - base.
 
     `grid` is the flat (row, col, channel) list of quantised values; the caller fills grid[index]

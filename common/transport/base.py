@@ -16,11 +16,12 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from layercast.common.errors import TransportClosed, TransportTimeout
 
 DEFAULT_TIMEOUT = 30.0
+_T = TypeVar("_T", bound="Transport")
 FAMILIES = ("semantic", "structure", "texture")
 """Reliability classes: a transport may treat each family differently (channel, QoS, retransmits)."""
 
@@ -33,7 +34,7 @@ class Transport(ABC):
     def __init__(self) -> None:
         self._closed = False
 
-    async def __aenter__(self) -> Transport:
+    async def __aenter__(self: _T) -> _T:
         await self.open()
         return self
 
