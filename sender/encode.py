@@ -51,7 +51,7 @@ class EncodeOptions:
     structure: str = "canny"
     cells_long: int = 8
     texture_quality: int | None = None
-    stripe_rows: int = 16
+    stripe_rows: int = 32
     max_long_side: int = 256
     min_long_side: int = 32
     drop: tuple[str, ...] = ()

@@ -77,7 +77,8 @@ async def test_lossy_link_every_image_yields_output(tmp_path: Path, model: LinkM
         partial = [e for e in events if e["event"] == "LayerPartial"]
         assert partial, "20% loss on the lora profile leaves some layer partial"
         assert all(e["missing_units"] and e["unit_count"] >= len(e["missing_units"]) for e in partial)
-        assert any(e["partial_families"] for e in ready)
+        # an image ends partial unless FEC repaired every stripe: the log says which, per image
+        assert all(set(e["partial_families"]) | set(e["missing_families"]) or e["complete"] for e in ready)
         assert rx.assembler.stats["recovered"] > 0, "FEC repaired some fragments"
 
 
