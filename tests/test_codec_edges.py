@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import pytest
@@ -149,7 +150,7 @@ def test_oversized_unit_rejected_before_decoding() -> None:
 
 
 def _desc(unit_count: int = 3, **edges: int) -> pb.LayerDescriptor:
-    p = {"width": 10, "height": 10, "stripe_rows": 4, "model_version": 0, **edges}
+    p: dict[str, Any] = {"width": 10, "height": 10, "stripe_rows": 4, "model_version": 0, **edges}
     return pb.LayerDescriptor(codec=EDGES_CTX, unit_count=unit_count, edges=pb.EdgeParams(**p))
 
 
@@ -158,7 +159,13 @@ def _desc(unit_count: int = 3, **edges: int) -> pb.LayerDescriptor:
     [
         (pb.LayerDescriptor(codec=EDGES_CTX, unit_count=1, prompt=pb.PromptParams()), [b""], "not an edges-ctx"),
         (
-            pb.LayerDescriptor(codec=4, unit_count=3, edges=pb.EdgeParams(width=10, height=10, stripe_rows=4)),
+            pb.LayerDescriptor(
+                pb.LayerDescriptor(
+                    codec=pb.CODEC_ID_COLORMAP_PRED,
+                    unit_count=3,
+                    edges=pb.EdgeParams(width=10, height=10, stripe_rows=4),
+                ),
+            ),
             [b""] * 3,
             "not an edges-ctx",
         ),

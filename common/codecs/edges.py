@@ -38,7 +38,7 @@ import struct
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -492,7 +492,11 @@ class EdgesCtxCodec(LayerCodec):
             codec=self.codec_id,
             unit_count=count,
             edges=pb.EdgeParams(
-                width=w, height=h, stripe_rows=stripe_rows, source=source, model_version=tables.version
+                width=w,
+                height=h,
+                stripe_rows=stripe_rows,
+                source=cast(pb.EdgeSource, source),
+                model_version=tables.version,
             ),
         )
         return EncodedLayer(LayerKind.STRUCTURE_EDGES, desc, units)
