@@ -160,11 +160,7 @@ def _desc(unit_count: int = 3, **edges: int) -> pb.LayerDescriptor:
         (pb.LayerDescriptor(codec=EDGES_CTX, unit_count=1, prompt=pb.PromptParams()), [b""], "not an edges-ctx"),
         (
             pb.LayerDescriptor(
-                pb.LayerDescriptor(
-                    codec=pb.CODEC_ID_COLORMAP_PRED,
-                    unit_count=3,
-                    edges=pb.EdgeParams(width=10, height=10, stripe_rows=4),
-                ),
+                codec=pb.CODEC_ID_COLORMAP_PRED, unit_count=3, edges=pb.EdgeParams(width=10, height=10, stripe_rows=4)
             ),
             [b""] * 3,
             "not an edges-ctx",
