@@ -113,6 +113,6 @@ def format_table(result: dict[str, Any]) -> str:
             f"{side:>5} {r['images']:>4} {r['ours_bytes']:>8} {fmt(r['jbig85_bytes'], 'd'):>9} "
             f"{r['png_bytes']:>8} {fmt(r['ratio_jbig85'], '.3f'):>9} {fmt(r['ratio_png'], '.3f'):>8} "
             f"{fmt(r['bits_per_edge_pixel'], '.2f'):>9} {fmt(r['encode_ms_median'], '.2f'):>7} "
-            f"{fmt(r['decode_ms_median'], '.1f'):>7}"
+            f"{fmt(r['decode_ms_median'], '.2f'):>7}"
         )
     return "\n".join(lines)

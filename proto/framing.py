@@ -24,6 +24,7 @@ from layercast.common.errors import (
     AuthError,
     BitstreamError,
     ChecksumError,
+    InputError,
     LimitError,
     TruncatedError,
     UnknownCodecError,
@@ -301,7 +302,7 @@ def packetize(
             probe.sequence = 2**40
             room = mtu - len(probe.SerializeToString()) - trailer - 3  # 3: payload tag + length
             if room < 8:
-                raise ValueError(f"MTU {mtu} is too small for the packet framing of this layer")
+                raise InputError(f"MTU {mtu} is too small for the packet framing of this layer (use a larger MTU)")
             groups = _group_units(layer.units, room)
         for index, (unit_first, part_index, part_count, payload) in enumerate(groups):
             p = pb.Packet()
@@ -332,7 +333,10 @@ def _group_units(units: Sequence[bytes], room: int) -> list[tuple[int, int, int,
             if cur:
                 groups.append((cur_first, 0, 0, bytes(cur)))
                 cur = bytearray()
-            slices = [unit[j : j + room] for j in range(0, len(unit), room)]
+            # at least two slices: part_count 1 would read as "whole varint-prefixed units"
+            count = max(2, -(-len(unit) // room))
+            size = -(-len(unit) // count)
+            slices = [unit[j : j + size] for j in range(0, len(unit), size)]
             groups.extend((i, k, len(slices), s) for k, s in enumerate(slices))
             cur_first = i + 1
             continue

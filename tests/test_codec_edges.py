@@ -216,6 +216,85 @@ def test_encoder_probabilities_match_prior_when_nothing_seen() -> None:
     assert ((p > 0) & (p < 1)).all()
 
 
+def _has_numba() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_numba(), reason="numba is not installed (the `fast` extra): no compiled kernel")
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    stripe_rows=st.integers(1, 45),
+    seed=st.integers(0, 2**32 - 1),
+    prior=st.booleans(),
+)
+def test_compiled_and_plain_python_kernels_agree(h: int, w: int, stripe_rows: int, seed: int, prior: bool) -> None:
+    jitted = E._jitted()
+    assert jitted is not None and jitted.py_func is E._code_stripe  # type: ignore[attr-defined]
+    m = _random_map(seed, h, w)
+    tables = E.shipped_prior() if prior else E.flat_tables()
+    fast = E.encode_units(m, stripe_rows, tables, compiled=True)
+    plain = E.encode_units(m, stripe_rows, tables, compiled=False)
+    assert fast == plain
+    rng = np.random.default_rng(seed)
+    for i, unit in enumerate(fast):
+        rows = min(stripe_rows, h - i * stripe_rows)
+        for u in (unit, rng.integers(0, 256, int(rng.integers(0, 12)), dtype=np.uint8).tobytes()):
+            a = E.decode_unit(u, rows, w, tables, compiled=True)
+            b = E.decode_unit(u, rows, w, tables, compiled=False)
+            np.testing.assert_array_equal(a, b)  # garbage in: the same garbage out, of the right size
+            assert a.shape == (rows, w) and a.dtype == bool
+        np.testing.assert_array_equal(E.decode_unit(unit, rows, w, tables), m[i * stripe_rows : i * stripe_rows + rows])
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_kernel_contexts_match_vectorised_model(compiled: bool) -> None:
+    # the prior builder counts context_indices; the coder must use the very same contexts
+    maps = [(_lines(), 16), (_lines(), 7)] + [(_random_map(s, 23 + s, 31 + 2 * s), 1 + s % 9) for s in range(6)]
+    for m, s in maps:
+        coding, _ = E.context_indices(m, s)
+        ctx = E.stripe_contexts(m, s, compiled=compiled)
+        coded = ctx >= 0
+        stripe_has = np.repeat([m[i : i + s].any() for i in range(0, m.shape[0], s)], s)[: m.shape[0]]
+        np.testing.assert_array_equal(coded, np.repeat(stripe_has, m.shape[1]))
+        np.testing.assert_array_equal(ctx[coded], coding[coded])
+
+
+def test_code_length_is_near_the_model_entropy() -> None:
+    # the integer coder (16-bit probabilities, minimal flush) loses little against ideal coding
+    tables = E.shipped_prior()
+    for m, s in [(_lines(), 16), (_lines(), 32), (thin_staircases(_random_map(5, 90, 120)), 24)]:
+        p = E.pixel_probabilities(m, s, tables)
+        ideal = float(-np.log2(np.where(m, p, 1 - p)).sum())
+        stripes = [m[i : i + s] for i in range(0, m.shape[0], s)]
+        flags = sum(-np.log2(63 / 64 if st_.any() else 1 / 64) for st_ in stripes)
+        got = 8 * sum(len(u) for u in E.encode_units(m, s, tables))
+        assert ideal + flags - 8 * len(stripes) <= got <= 1.003 * (ideal + flags) + 24 * len(stripes), (got, ideal)
+
+
+def test_carry_and_extreme_probabilities_round_trip() -> None:
+    # long runs against a confident prior drive probabilities to the clamp and the coder through carries
+    tables = E.shipped_prior()
+    rng = np.random.default_rng(11)
+    for density in (0.999, 0.5, 0.002):
+        m = rng.random((64, 200)) < density
+        m[::7] = True
+        units = E.encode_units(m, 64, tables)
+        np.testing.assert_array_equal(E.decode_unit(units[0], 64, 200, tables), m)
+
+
+def test_old_prior_versions_are_rejected() -> None:
+    # v1 streams were coded with constriction; the integer coder's bytes are v2
+    assert E.shipped_prior().version == 2
+    with pytest.raises(CodecError, match="edge prior v1"):
+        CODEC.decompress(_desc(model_version=1), [b""] * 3)
+
+
 # --- extractor ---------------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from layercast.common.errors import (
     AuthError,
     BitstreamError,
     ChecksumError,
+    InputError,
     LimitError,
     TruncatedError,
     UnknownCodecError,
@@ -65,6 +66,23 @@ def test_packetize_orders_semantic_first_and_order_is_a_parameter() -> None:
     assert [p.priority for p in framing.packetize(img)] == [0, 1]
 
 
+def test_unit_just_over_the_room_is_sliced_in_two() -> None:
+    # regression: a unit that fits a fragment only without its length prefix was "sliced" into one part,
+    # which the receiver then read as whole varint-prefixed units
+    units = [b""] * 7 + [b"\x00\n" + b"\x00" * 9]
+    for mtu in range(100, 140):
+        ps = framing.packetize(_image(units=units), mtu=mtu, keyed=True)
+        back = [framing.decode_packet(framing.encode_packet(p, key=b"k")) for p in ps]
+        edge = [p for p in back if p.kind == pb.LAYER_KIND_STRUCTURE_EDGES]
+        assert all(p.part_count != 1 for p in edge)
+        assert framing.collect_units(len(units), edge) == units
+
+
+def test_tiny_mtu_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="MTU 40 is too small"):
+        framing.packetize(_image(units=[b"a"]), mtu=40)
+
+
 def test_header_rides_first_layer_or_every_layer() -> None:
     img = _image(units=[b"x" * 30] * 4)
     ps = framing.packetize(img, mtu=80)
@@ -77,7 +95,7 @@ def test_header_rides_first_layer_or_every_layer() -> None:
 @settings(max_examples=60, deadline=None)
 @given(
     units=st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=12),
-    mtu=st.integers(min_value=90, max_value=600),
+    mtu=st.integers(min_value=110, max_value=600),
     keyed=st.booleans(),
 )
 def test_fragments_respect_mtu_and_rebuild_units(units: list[bytes], mtu: int, keyed: bool) -> None:

@@ -23,7 +23,8 @@ from layercast.sender.extract_edges import canny_edges
 ROOT = Path(__file__).resolve().parents[1]
 LONG_SIDES = (96, 128, 160, 192, 224, 256)
 THRESHOLD_SCALES = (0.7, 1.0, 1.5)
-PRIOR_VERSION = 1
+PRIOR_VERSION = 2
+"""v2: same counts as v1; the coder moved from constriction to the integer range coder (new unit bytes)."""
 
 
 def dihedral(e: np.ndarray) -> Iterator[np.ndarray]:

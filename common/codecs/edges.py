@@ -3,8 +3,9 @@
 Unit i codes rows [i*S, (i+1)*S) of the map (S = `EdgeParams.stripe_rows`) and decodes without any
 other unit: the context template reads rows above the stripe as 0.
 
-Symbols of a unit, each coded with a Bernoulli model by a constriction range coder:
-  1. a "stripe has edges" flag, P(1) = P_HAS_EDGES; an empty stripe stops here (it costs 0 bytes);
+Symbols of a unit, each a binary decision of the range coder below:
+  1. a "stripe has edges" flag, P(no edges) = P_EMPTY / 2**16 = 1/64; an empty stripe stops here and
+     costs 0 bytes;
   2. every pixel of the stripe in raster order.
 
 Pixel model: an 18-pixel causal template (row y: x-1..x-4; row y-1: x-3..x+4; row y-2: x-2..x+2;
@@ -14,14 +15,18 @@ a single edge pixel, c is instead one of the "far" contexts: row class, that pix
 from the rows above (any edge in row y-1 at x+5..x+8, x+9..x+12, x-7..x-4; row y-2 at x+3..x+6,
 x-6..x-3; row y-3 at x-3..x+3 but x) and the distance class of the nearest edge at x-5 or further left
 in row y (5-6, 7-8, 9-12, 13-16, farther/none). P(edge) = (A1[c] + INC * n1) / (A[c] + INC * n), where
-A1 <= A are integer prior
-pseudo-counts from the shipped prior (`common/models/edge_prior.bin`, version = EdgeParams.model_version;
-version 0 = no prior, A1/A = 1/2) and n1 of n earlier pixels of the stripe with context c were edges.
-Numerator and denominator are exact integers and the division is one IEEE double operation, so the
-vectorised encoder (numpy) and the sequential decoder (Python floats) use bit-identical probabilities.
+A1 <= A are integer prior pseudo-counts from the shipped prior (`common/models/edge_prior.bin`,
+version = EdgeParams.model_version; version 0 = no prior, A1/A = 1/2) and n1 of n earlier pixels of
+the stripe with context c were edges. The coder uses P(no edge) as the integer
+p0 = clamp(((den - num) << 16) // den, 1, 2**16 - 1) of that fraction num/den.
 
-Unit bytes: the coder's 32-bit words, big-endian, with the final word chosen to end in as many zero bits
-as the final interval allows, and trailing zero bytes dropped (the decoder reads zeros past the end).
+Range coder (all integers): a 32-bit interval (low, range), range starting at 2**32; a decision with
+P(0) = p0 / 2**16 splits it at bound = (range * p0) >> 16, 0 taking [low, low + bound) and 1 the rest;
+while range < 2**24 the top byte of low is written (a carry into written bytes propagates back) and
+low, range shift left by 8. The decoder mirrors this on code - low, reading bytes past the end as 0.
+Unit bytes: the written bytes, then 4 bytes of the value in the final interval with the most trailing
+zero bits, with trailing zero bytes dropped. The per-stripe loop (`_code_stripe`) is plain integer
+code: compiled with numba when installed (the `fast` extra), plain Python otherwise, same bytes.
 
 Prior file (little-endian): b"LCEP", u16 version, u16 template id (TEMPLATE_ID), u32 NIDX, then one
 zstd frame holding uint32 N0[NIDX] and uint32 N1[NIDX]: training counts of non-edges and edges per
@@ -35,8 +40,9 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import struct
+import threading
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -51,8 +57,22 @@ from layercast.proto import pb
 DEFAULT_STRIPE_ROWS = 16
 """Rows per stripe (unit) unless the caller (rate control) picks another height."""
 
-P_HAS_EDGES = 63 / 64
-"""Probability of the per-stripe "has edges" flag: an empty stripe codes to b""."""
+PROB_BITS = 16
+"""Precision of the coder's probabilities: P(0) = p0 / 2**PROB_BITS."""
+
+PROB_ONE = 1 << PROB_BITS
+
+P_EMPTY = PROB_ONE // 64
+"""p0 of the per-stripe "has edges" flag (0 = empty, the low end of the interval: it codes to b"")."""
+
+RANGE_MIN = 1 << 24
+"""The coder renormalises (one byte out / in) while its range is below this."""
+
+PAD_LEFT = 8
+"""Zero columns left of a stripe in the kernel's image buffer (the windows read x-7)."""
+
+PAD = 24
+"""Zero columns per buffer row in all (the windows read up to x+13 on the right)."""
 
 INC = 1024
 """Pseudo-count weight of one coded pixel (the prior's A, A1 are in the same unit)."""
@@ -372,22 +392,6 @@ def pixel_probabilities(edges: np.ndarray, stripe_rows: int, tables: PriorTables
     return p.reshape(h, w)
 
 
-def _seal(encoder: Any) -> bytes:
-    """Unit bytes of a finished encoder: last word with most trailing zeros, trailing zero bytes dropped."""
-    pos, (lower, rng) = encoder.pos()
-    words = encoder.get_compressed()
-    if len(words) == pos + 1 and lower + rng <= 1 << 64:
-        lo = (lower + (1 << 32) - 1) >> 32
-        hi = (lower + rng - 1) >> 32
-        for shift in range(32, -1, -1):
-            v = -(-lo >> shift) << shift
-            if v <= hi:
-                words = words.copy()
-                words[-1] = v & 0xFFFFFFFF
-                break
-    return words.astype(">u4").tobytes().rstrip(b"\x00")
-
-
 def _check_map(edges: np.ndarray) -> np.ndarray:
     e = np.asarray(edges)
     if e.ndim != 2 or not (1 <= e.shape[0] <= limits.MAX_EDGE_SIDE and 1 <= e.shape[1] <= limits.MAX_EDGE_SIDE):
@@ -395,67 +399,289 @@ def _check_map(edges: np.ndarray) -> np.ndarray:
     return (e != 0).astype(np.uint8)
 
 
-def _decode_stripe(unit: bytes, rows: int, width: int, tables: PriorTables) -> np.ndarray:
-    import constriction
+# --- the stripe kernel: context model + binary range coder, plain integers (numba-compilable) -------------
 
+
+def _code_stripe(
+    decode: Any,
+    img: Any,
+    stride: Any,
+    rows: Any,
+    width: Any,
+    data: Any,
+    ndata: Any,
+    a1: Any,
+    a: Any,
+    state: Any,
+    tag: Any,
+    dist_tab: Any,
+    ctx_out: Any,
+    record: Any,
+) -> Any:
+    """Encode (decode = 0) or decode (1) one stripe; returns the unit's byte count (encode) or 0.
+
+    img: flat uint8 buffer of rows + 3 rows of `stride` bytes; the first 3 rows (above the stripe) and
+    the PAD_LEFT / right padding columns are 0; pixel (y, x) of the stripe is img[(y + 3) * stride +
+    PAD_LEFT + x] (read when encoding, written when decoding). data: the unit bytes (decode, the first
+    `ndata` are real, the rest read as 0) or an output buffer of >= 2 * rows * width + 16 bytes (encode).
+    state: 3 ints per context (stamp, edge count num, total den in pseudo-count units); a context whose
+    stamp is not `tag` starts from the prior (a1, a). record: 1 to write every pixel's context to ctx_out.
+    Every intermediate fits in int64, so the numba build and plain Python give the same bytes.
+    """
+    top = 1 << 32
+    low = 0
+    rng = top
+    code = 0
+    pos = 0
+    if decode:
+        for k in range(4):
+            code = (code << 8) | (int(data[k]) if k < ndata else 0)
+        pos = 4
+        bound = (rng * P_EMPTY) >> PROB_BITS
+        if code < bound:
+            return 0
+        code -= bound
+        rng -= bound
+    else:
+        has = 0
+        for i in range(3 * stride, (rows + 3) * stride):
+            if img[i]:
+                has = 1
+                break
+        if has == 0:
+            return 0  # the "empty" interval [0, 2**26) ends in zeros only: no bytes
+        bound = (rng * P_EMPTY) >> PROB_BITS
+        low += bound
+        rng -= bound
+    for y in range(rows):
+        cls = min(y, 3)
+        zero = OFFSETS[cls]
+        row = (y + 3) * stride + PAD_LEFT
+        r1 = row - stride
+        r2 = r1 - stride
+        r3 = r2 - stride
+        # Sliding windows: w1 bit k = row y-1 at x-7+k (20 bits), w2 = row y-2 at x-6+k (13), w3 = y-3 at x-3+k (7).
+        w1 = 0
+        for k in range(20):
+            w1 |= int(img[r1 - 7 + k]) << k
+        w2 = 0
+        for k in range(13):
+            w2 |= int(img[r2 - 6 + k]) << k
+        w3 = 0
+        for k in range(7):
+            w3 |= int(img[r3 - 3 + k]) << k
+        cur = 0  # bit j = column x-1-j of this row
+        for x in range(width):
+            t = (cur & 15) | (((w1 >> 4) & 0xFF) << 4) | (((w2 >> 4) & 0x1F) << 12) | (((w3 >> 3) & 1) << 17)
+            if t & (t - 1) == 0:  # zero or one template pixel: a far context
+                fb = 0
+                if (w1 >> 12) & 15:
+                    fb |= 1
+                if (w1 >> 16) & 15:
+                    fb |= 2
+                if w1 & 15:
+                    fb |= 4
+                if (w2 >> 9) & 15:
+                    fb |= 8
+                if w2 & 15:
+                    fb |= 16
+                if w3 & 0x77:
+                    fb |= 32
+                d = dist_tab[(cur >> 4) & 0xFFF]
+                if t == 0:
+                    c = FAR_OFFSET + (cls * 64 + fb) * 5 + d
+                else:
+                    b = 0
+                    while t >> (b + 1):
+                        b += 1
+                    c = FAR1_OFFSET + ((cls * 18 + b) * 64 + fb) * 5 + d
+            else:
+                c = zero + t
+            if record:
+                ctx_out[y * width + x] = c
+            s = 3 * c
+            if state[s] != tag:
+                state[s] = tag
+                state[s + 1] = a1[c]
+                state[s + 2] = a[c]
+            num = state[s + 1]
+            den = state[s + 2]
+            p0 = ((den - num) << PROB_BITS) // den
+            if p0 < 1:
+                p0 = 1
+            elif p0 > PROB_ONE - 1:
+                p0 = PROB_ONE - 1
+            bound = (rng * p0) >> PROB_BITS
+            bit = 0
+            if decode:
+                if code < bound:
+                    rng = bound
+                else:
+                    bit = 1
+                    code -= bound
+                    rng -= bound
+                    img[row + x] = 1
+                while rng < RANGE_MIN:
+                    code = (code << 8) | (int(data[pos]) if pos < ndata else 0)
+                    pos += 1
+                    rng <<= 8
+            else:
+                if img[row + x]:
+                    bit = 1
+                    low += bound
+                    rng -= bound
+                    if low >= top:  # carry into the bytes already written
+                        low -= top
+                        i = pos - 1
+                        while data[i] == 255:
+                            data[i] = 0
+                            i -= 1
+                        data[i] += 1
+                else:
+                    rng = bound
+                while rng < RANGE_MIN:
+                    data[pos] = low >> 24
+                    pos += 1
+                    low = (low << 8) & 0xFFFFFFFF
+                    rng <<= 8
+            if bit:
+                state[s + 1] = num + INC
+                cur = ((cur << 1) | 1) & 0xFFFF
+            else:
+                cur = (cur << 1) & 0xFFFF
+            state[s + 2] = den + INC
+            w1 = (w1 >> 1) | (int(img[r1 + x + 13]) << 19)
+            w2 = (w2 >> 1) | (int(img[r2 + x + 7]) << 12)
+            w3 = (w3 >> 1) | (int(img[r3 + x + 4]) << 6)
+    if decode:
+        return 0
+    # Flush: the value in [low, low + rng) with the most trailing zero bits, as 4 bytes; zeros at the end dropped.
+    v = low
+    for sh in range(32, 0, -1):
+        cand = ((low + (1 << sh) - 1) >> sh) << sh
+        if cand < low + rng:
+            v = cand
+            break
+    if v >= top:
+        v -= top
+        i = pos - 1
+        while data[i] == 255:
+            data[i] = 0
+            i -= 1
+        data[i] += 1
+    for k in range(4):
+        data[pos] = (v >> (24 - 8 * k)) & 0xFF
+        pos += 1
+    while pos > 0 and data[pos - 1] == 0:
+        pos -= 1
+    return pos
+
+
+_STATE = threading.local()
+
+
+@functools.cache
+def _jitted() -> Callable[..., int] | None:
+    """The numba build of `_code_stripe` (cached on disk next to this module), or None without numba."""
+    try:
+        import numba
+    except ImportError:
+        return None
+    return cast(Callable[..., int], numba.njit(cache=True, nogil=True)(_code_stripe))
+
+
+class _Kernel:
+    """`_code_stripe` with its per-thread context state, compiled (numba) or plain Python."""
+
+    def __init__(self, compiled: bool) -> None:
+        fn = _jitted() if compiled else None
+        self.compiled = fn is not None
+        self.fn: Callable[..., int] = fn if fn is not None else _code_stripe
+        self.state: Any = np.zeros(3 * NIDX, np.int64) if self.compiled else array("q", bytes(24 * NIDX))
+        self.tag = 0
+        self.dist: Any = np.asarray(_DIST_OF_WINDOW, np.int64) if self.compiled else _DIST_OF_WINDOW
+        self.none: Any = np.zeros(1, np.int64) if self.compiled else [0]
+
+    def _tabs(self, tables: PriorTables) -> tuple[Any, Any]:
+        return (tables.a1, tables.a) if self.compiled else tables.lists
+
+    def _img(self, rows: int, width: int) -> Any:
+        size = (rows + 3) * (width + PAD)
+        return np.zeros(size, np.uint8) if self.compiled else bytearray(size)
+
+    def run(
+        self, decode: int, img: Any, rows: int, width: int, data: Any, tables: PriorTables, ctx_out: Any = None
+    ) -> int:
+        """One `_code_stripe` call with a fresh context tag."""
+        self.tag += 1
+        a1, a = self._tabs(tables)
+        return int(
+            self.fn(
+                decode, img, width + PAD, rows, width, data, len(data) if decode else 0, a1, a, self.state,
+                self.tag, self.dist, self.none if ctx_out is None else ctx_out, int(ctx_out is not None),
+            )
+        )  # fmt: skip
+
+    def encode(self, stripe: np.ndarray, tables: PriorTables, ctx_out: Any = None) -> bytes:
+        """Unit bytes of one stripe (uint8 rows x width)."""
+        rows, width = stripe.shape
+        buf = np.zeros((rows + 3, width + PAD), np.uint8)
+        buf[3:, PAD_LEFT : PAD_LEFT + width] = stripe
+        size = 2 * rows * width + 16
+        img: Any = buf.ravel() if self.compiled else bytearray(buf.tobytes())
+        out: Any = np.zeros(size, np.uint8) if self.compiled else bytearray(size)
+        n = self.run(0, img, rows, width, out, tables, ctx_out)
+        return bytes(out[:n])
+
+    def decode(self, unit: bytes, rows: int, width: int, tables: PriorTables) -> np.ndarray:
+        """The stripe (uint8 rows x width) a unit codes; any bytes give some stripe (garbage if corrupt)."""
+        data: Any = np.frombuffer(unit, np.uint8).copy() if self.compiled else unit
+        img = self._img(rows, width)
+        self.run(1, img, rows, width, data, tables)
+        full = np.frombuffer(img, np.uint8).reshape(rows + 3, width + PAD)
+        return full[3:, PAD_LEFT : PAD_LEFT + width]
+
+
+def _kernel(compiled: bool = True) -> _Kernel:
+    """This thread's kernel (state arrays are reused across calls: contexts restart by tag)."""
+    k: _Kernel | None = getattr(_STATE, "compiled" if compiled else "plain", None)
+    if k is None:
+        k = _Kernel(compiled)
+        setattr(_STATE, "compiled" if compiled else "plain", k)
+    return k
+
+
+def stripe_contexts(edges: np.ndarray, stripe_rows: int, compiled: bool = True) -> np.ndarray:
+    """The coding context of every pixel as the coder computes it (flat int64, raster order), for checks.
+
+    Must equal `context_indices(edges, stripe_rows)[0]` (the vectorised form the prior builder counts)
+    except in stripes without edges, which code no pixel: -1 there.
+    """
+    e = _check_map(edges)
+    h, w = e.shape
+    k = _kernel(compiled)
+    out = np.full(h * w, -1, np.int64)
+    flat = _flat()
+    for i in range(0, h, stripe_rows):
+        stripe = e[i : i + stripe_rows]
+        buf: Any = np.full(stripe.size, -1, np.int64) if k.compiled else array("q", [-1] * stripe.size)
+        k.encode(stripe, flat, buf)
+        out[i * w : i * w + stripe.size] = np.asarray(buf)
+    return out
+
+
+def encode_units(edges: np.ndarray, stripe_rows: int, tables: PriorTables, compiled: bool = True) -> list[bytes]:
+    """Unit bytes of every stripe of a 0/1 map (compiled: numba if installed, else plain Python)."""
+    e = _check_map(edges)
+    k = _kernel(compiled)
+    return [k.encode(e[i : i + stripe_rows], tables) for i in range(0, e.shape[0], stripe_rows)]
+
+
+def decode_unit(unit: bytes, rows: int, width: int, tables: PriorTables, compiled: bool = True) -> np.ndarray:
+    """Decode one stripe's unit to a bool array rows x width; CodecError if it is longer than any stripe codes to."""
     if len(unit) > 3 * rows * width + 16:
         raise CodecError(f"edge stripe of {len(unit)} bytes is longer than any {width}x{rows} stripe can code to")
-    padded = unit + b"\x00" * (-len(unit) % 4)
-    words = np.frombuffer(padded, ">u4").astype(np.uint32)
-    bern = constriction.stream.model.Bernoulli
-    dec = constriction.stream.queue.RangeDecoder(words)
-    decode = dec.decode
-    buf = np.zeros((rows + 3, width), np.uint8)
-    try:
-        if not decode(bern(P_HAS_EDGES, perfect=False)):
-            return buf[3:]
-        a1s, as_ = tables.lists
-        state: dict[int, list[int]] = {}
-        get = state.get
-        dist = _DIST_OF_WINDOW
-        for y in range(rows):
-            r1, r2, r3 = buf[y + 2], buf[y + 1], buf[y]
-            cls = min(y, 3)
-            zero = OFFSETS[cls]
-            up = (_upper_bits(r1, r2, r3) + zero).tolist()
-            fb = _far_bits(r1, r2, r3)
-            far = (FAR_OFFSET + (cls * 64 + fb) * 5).tolist()
-            far1 = (FAR1_OFFSET + cls * 18 * 320 + fb * 5).tolist()
-            row = bytearray(width)
-            cur = 0  # bit j = column x-1-j of this row
-            for x in range(width):
-                c = up[x] + (cur & 15)
-                t = c - zero
-                if t == 0:
-                    c = far[x] + dist[(cur >> 4) & 0xFFF]
-                elif not t & (t - 1):
-                    c = far1[x] + (t.bit_length() - 1) * 320 + dist[(cur >> 4) & 0xFFF]
-                e = get(c)
-                if e is None:
-                    e = state[c] = [a1s[c], as_[c]]
-                if decode(bern(e[0] / e[1], perfect=False)):
-                    e[0] += INC
-                    row[x] = 1
-                    cur = ((cur << 1) | 1) & 0xFFFF
-                else:
-                    cur = (cur << 1) & 0xFFFF
-                e[1] += INC
-            buf[y + 3] = np.frombuffer(bytes(row), np.uint8)
-    except (AssertionError, ValueError, RuntimeError) as exc:
-        raise CodecError(f"edge stripe is corrupt: {exc}") from exc
-    return buf[3:]
-
-
-def _encode_stripe(bits: np.ndarray, probs: np.ndarray) -> bytes:
-    import constriction
-
-    fam = constriction.stream.model.Bernoulli(perfect=False)
-    enc = constriction.stream.queue.RangeEncoder()
-    has = bool(bits.any())
-    enc.encode(np.array([int(has)], np.int32), fam, np.array([P_HAS_EDGES]))
-    if has:
-        enc.encode(bits.astype(np.int32), fam, probs)
-    return _seal(enc)
+    return _kernel(compiled).decode(unit, rows, width, tables).astype(bool)
 
 
 @register
@@ -483,11 +709,7 @@ class EdgesCtxCodec(LayerCodec):
         if count > limits.MAX_UNITS:
             raise InputError(f"{count} stripes exceed {limits.MAX_UNITS}; use a larger stripe_rows")
         tables = shipped_prior() if options.get("prior", True) else _flat()
-        probs = pixel_probabilities(e, stripe_rows, tables)
-        units = [
-            _encode_stripe(e[i : i + stripe_rows].ravel(), probs[i : i + stripe_rows].ravel())
-            for i in range(0, h, stripe_rows)
-        ]
+        units = encode_units(e, stripe_rows, tables)
         desc = pb.LayerDescriptor(
             codec=self.codec_id,
             unit_count=count,
@@ -527,5 +749,5 @@ class EdgesCtxCodec(LayerCodec):
             if unit is None:
                 known[i * s : i * s + rows] = False
                 continue
-            edges[i * s : i * s + rows] = _decode_stripe(bytes(unit), rows, w, tables).astype(bool)
+            edges[i * s : i * s + rows] = decode_unit(bytes(unit), rows, w, tables)
         return EdgeMap(edges=edges, known=None if known.all() else known, source=int(p.source))
