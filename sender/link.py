@@ -37,8 +37,21 @@ PROFILES: dict[str, LinkProfile] = {
     for p in (
         LinkProfile("lora", 222, 5470.0, description="LoRa SF7/125 kHz: 222-byte payloads, ~5.5 kbit/s"),
         LinkProfile("sbd", 340, 2400.0, description="Iridium Short Burst Data: 340-byte messages, ~2.4 kbit/s"),
-        LinkProfile("webrtc", 1200, None, description="WebRTC data channel: 1200-byte SCTP messages"),
-        LinkProfile("mqtt", 65536, None, description="MQTT 5 over TCP: one message per layer up to 64 KiB"),
+        LinkProfile(
+            "webrtc",
+            1200,
+            None,
+            # the semantic channel is reliable and structure is retransmitted: repairs only for texture
+            FecPolicy(semantic=0.0, structure=0.0, texture=0.5, semantic_min=0),
+            description="WebRTC data channel: 1200-byte SCTP messages",
+        ),
+        LinkProfile(
+            "mqtt",
+            65536,
+            None,
+            FecPolicy.none(),  # TCP to the broker: a repair fragment would only repeat what arrives anyway
+            description="MQTT 5 over TCP: one message per layer up to 64 KiB",
+        ),
         LinkProfile(
             "file",
             None,
