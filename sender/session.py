@@ -208,6 +208,9 @@ class SendSession:
         self.reports: list[SendReport] = []
 
     async def __aenter__(self) -> SendSession:
+        from layercast.common.codecs.edges import warm_up
+
+        await asyncio.to_thread(warm_up)  # compile the edge coder before the link is up, off the event loop
         await self.transport.open()
         return self
 

@@ -751,3 +751,13 @@ class EdgesCtxCodec(LayerCodec):
                 continue
             edges[i * s : i * s + rows] = decode_unit(bytes(unit), rows, w, tables)
         return EdgeMap(edges=edges, known=None if known.all() else known, source=int(p.source))
+
+
+def warm_up() -> None:
+    """Load the prior and compile the coder now (about 0.5 s with a numba cache, 2 s without), so the first
+    real image does not stall an event loop; a no-op after the first call."""
+    codec = EdgesCtxCodec()
+    bits = np.zeros((8, 8), bool)
+    bits[2, 1:6] = True
+    layer = codec.compress(EdgeMap(bits), stripe_rows=8)
+    codec.decompress(layer.descriptor, layer.units)
