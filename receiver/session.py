@@ -219,7 +219,9 @@ class ReceiveSession:
     `key`: None, one sender key, a {stream_id: key} mapping or a KeyRing (then every packet must
     authenticate). `image_timeout`: seconds after an image's last packet before it is finished
     incomplete. `assembler_options`: more keyword arguments for `Assembler`. `max_decodes`: decodes
-    running at once (threads). `max_records`: images remembered for `records` / the live view.
+    running at once (threads). `coalesce_s`: refinements of one image arriving within this window are
+    decoded once (the first preview is never delayed). `max_records`: images remembered for `records` /
+    the live view.
     """
 
     def __init__(
@@ -232,6 +234,7 @@ class ReceiveSession:
         image_timeout: float = 10.0,
         assembler_options: Mapping[str, Any] | None = None,
         max_decodes: int = 2,
+        coalesce_s: float = 0.02,
         max_records: int = 1024,
         write_stages: bool = True,
     ) -> None:
@@ -250,6 +253,7 @@ class ReceiveSession:
         self.summary = ReceiveSummary(out_dir=str(self.out_dir) if self.out_dir else None)
         self._initial = [transports] if isinstance(transports, Transport) else list(transports)
         self._max_decodes = max_decodes
+        self.coalesce_s = coalesce_s
         self._listeners: list[Callable[[Stage], None]] = []
         self._states: dict[tuple[int, int], _ImageState] = {}
         self._readers: set[asyncio.Task[None]] = set()
@@ -545,6 +549,24 @@ class ReceiveSession:
         loop = self._loop
         while st.pending is not None:
             job, st.pending = st.pending, None
+            if not job.final and st.last_stage is not None and self.coalesce_s > 0:
+                # refinements that land within `coalesce_s` of each other make one decode, not several
+                await asyncio.sleep(self.coalesce_s)
+                if st.pending is not None:
+                    self.summary.cancelled += 1
+                    self._write(
+                        {
+                            "event": "DecodeCancelled",
+                            "stream_id": sid,
+                            "image_id": iid,
+                            "reason": job.reason,
+                            "layers": job.layers.present(),
+                            "decode_ms": 0.0,
+                            "coalesced": True,
+                        },
+                        loop.time(),
+                    )
+                    continue
             if job.sig == st.last_sig and st.last_stage is not None:
                 if job.final:
                     await self._emit(sid, iid, st, job, st.last_stage.rgb, st.last_stage.decode_ms, reuse=True)
