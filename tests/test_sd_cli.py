@@ -91,7 +91,10 @@ def test_receiver_decodes_progressively_with_sd(setup: dict[str, Path], tmp_path
     rx = asyncio.run(run())
     assert rx.summary.images == 1 and rx.summary.complete == 1
     folder = tmp_path / "9" / "0"
-    stages = sorted(folder.glob("stage-*.png"))
-    assert len(stages) >= 2, "a first preview, then refinements"
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    started = [e["layers"] for e in events if e["event"] in ("Stage", "DecodeCancelled")]
+    # the prompt alone starts a decode at once (kept, or cancelled when a richer layer set overtook it)
+    assert started[0] == ["semantic"] and started[-1] == ["semantic", "structure", "texture"]
+    assert len(sorted(folder.glob("stage-*.png"))) >= 1
     final = np.asarray(Image.open(folder / "final.png"))
     assert np.array_equal(final, decoder.decode(layerset_from_image(img))), "final stage = the SD decode of the file"
