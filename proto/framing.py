@@ -402,6 +402,12 @@ def packets_to_images(packets: Iterable[pb.Packet]) -> list[EncodedImage]:
             img.header.CopyFrom(p.header)
         frags.setdefault((p.stream_id, p.image_id, p.kind), []).append(p)
     for (sid, iid, kind), plist in frags.items():
+        indices = [p.fragment_index for p in plist]
+        if len(set(indices)) != len(indices):
+            raise BitstreamError(
+                f"stream {sid} image {iid}: the {LayerKind(kind).family} layer appears more than once"
+                " (two images share an id: give each image of a stream its own image_id)"
+            )
         desc = next((p.layer for p in plist if p.HasField("layer")), None)
         if desc is None:
             raise BitstreamError(f"image {iid}: {LayerKind(kind).name} layer has no descriptor")

@@ -132,9 +132,6 @@ def _units_in(p: pb.Packet, count: int) -> list[int]:
 def test_container_round_trip(prompt: str, seed: int) -> None:
     img = _image(prompt)
     img.header.seed = seed
-    data = framing.images_to_container([img, _image("second")])
-    back = framing.container_to_images(data)
-    assert len(back) == 1  # same stream and image id: one image; second has the same ids
     img2 = _image("second")
     img2.image_id = 4
     back = framing.container_to_images(framing.images_to_container([img, img2]))
@@ -239,6 +236,12 @@ def test_auth_required_and_checked() -> None:
         framing.decode_packet(signed, key=b"other-key")
     with pytest.raises(AuthError, match="no authentication tag"):
         framing.decode_packet(framing.encode_packet(p), key=b"sender-key")
+
+
+def test_two_images_with_one_id_are_refused() -> None:
+    data = framing.images_to_container([_image("one"), _image("two")])
+    with pytest.raises(BitstreamError, match="share an id"):
+        framing.container_to_images(data)
 
 
 def test_container_errors() -> None:

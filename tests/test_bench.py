@@ -1,0 +1,51 @@
+"""`layercast bench` end to end on a small synthetic folder (the full run is for people, not CI)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from layercast.cli import main
+from tests.imaging import busy, scene
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(scene(384, 384, seed=1)).save(d / "a.png")
+    Image.fromarray(busy(320, 400, seed=2)).save(d / "b.png")
+    return d
+
+
+def test_bench_images_part_measures_against_baselines(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench"
+    argv = ["bench", str(folder), "--out", str(out), "--skip", "prompts", "--skip", "edges", "--skip", "stream"]
+    assert main([*argv, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = doc["images"]["rows"]
+    assert [r["file"] for r in rows] == ["a.png", "b.png"]
+    for r in rows:
+        assert r["fits"] and r["total_bytes"] <= 655 and r["psnr"] > 5
+        assert "jpeg-lowest" in r["baselines"] and r["baselines"]["jpeg-lowest"]["bytes"] > r["total_bytes"]
+    assert (out / "results.json").is_file() and (out / "rd.png").is_file()
+    assert json.loads((out / "results.json").read_text())["images"]["summary"]["images"] == 2
+
+
+def test_stream_bench_small_run(folder: Path) -> None:
+    from layercast.bench import stream
+
+    res = stream.run(sorted(folder.iterdir()), link_images=2, throughput_images=12)
+    assert res["link"]["layercast"]["complete"] == 2
+    assert res["link"]["layercast"]["first_preview_s"] < res["link"]["jpeg_q1"]["full_image_s"]
+    assert res["throughput"]["webrtc"]["finished"] == 12
+    mqtt = res["throughput"]["mqtt"]
+    assert "skipped" in mqtt or mqtt["finished"] == 12
+    assert 0 < res["overhead"]["no_fec_pct"] < res["overhead"]["default_fec_pct"]
+    text = stream.format_table(res)
+    assert "images/s" in text and "overhead" in text
