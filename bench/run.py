@@ -95,7 +95,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if "stream" not in skip:
         from layercast.bench import stream
 
-        res = stream.run(paths[: min(len(paths), 40)])
+        res = stream.run(paths[: min(len(paths), 40)], prompts=_manifest_prompts(folder))
         results["stream"] = res
         tables.append("== stream ==\n" + stream.format_table(res))
     if "sd" not in skip and args.decoder == "sd":

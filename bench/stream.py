@@ -13,10 +13,16 @@
 (b) throughput: N pre-encoded images sent unpaced by a sender in its own process (bench.remote_sender,
     as a camera on another host), timed on the receiver from the first packet until every image has its
     final preview-decoded stage; loopback Mosquitto (started on a free port when the binary exists, else
-    skipped) and loopback WebRTC (aiortc). Unpaced, the unreliable WebRTC texture channel loses what an
-    overloaded receiver cannot read in time: those images finish partial.
-(c) overhead: (wire bytes - payload bytes) / payload bytes at 1200-byte MTU with the image header on
-    every layer, without FEC and with the default FEC policy (plus the .lcs file framing and keyed).
+    skipped; the `mqtt` profile sends one bundled message per image) and loopback WebRTC (aiortc) with
+    the `webrtc` profile (a packet per layer on per-family channels: unpaced, the unreliable texture
+    channel loses what an overloaded receiver cannot read in time, and those images finish partial)
+    and the `webrtc-bundle` profile (one reliable message per image).
+(c) overhead at 1200-byte MTU of per-layer packets (image header on every layer) and of bundled
+    packets (a whole image per packet where it fits), without FEC, with the default FEC policy, keyed,
+    and in a .lcs file. Two payloads: "framing" = (wire - coded) / coded, where the coded image is what
+    the codecs produce (layer units + layer descriptors + image header), so framing is what travel adds
+    (ids, fragment fields, length prefixes, CRC, tags, repairs); "side info" = (wire - units) / units,
+    which also counts the codec parameters and the image size as overhead.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +49,20 @@ LINK = {"rate_bps": 9600.0, "delay_s": 0.3, "loss": 0.05}
 """The emulated thin link of part (a)."""
 
 
-def _encode_all(paths: Sequence[Path], options: Sequence[str] = ()) -> list[Any]:
+def _encode_all(
+    paths: Sequence[Path], options: Sequence[str] = (), prompts: Mapping[str, str] | None = None
+) -> list[Any]:
+    """`layercast encode --resize 512 OPTIONS` of each path, with `--prompt` from `prompts` (by file
+    name: the images' generation prompts, as the shared manifest lists them) where it has one."""
     from layercast.cli import build_parser, encode_path
 
-    args = build_parser().parse_args(["encode", "x", "-o", "x", "--resize", "512", *options])
-    return [encode_path(p, args) for p in paths]
+    out = []
+    for p in paths:
+        args = build_parser().parse_args(["encode", "x", "-o", "x", "--resize", "512", *options])
+        if prompts and args.prompt is None and prompts.get(p.name):
+            args.prompt = prompts[p.name]
+        out.append(encode_path(p, args))
+    return out
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -171,7 +186,9 @@ def mosquitto() -> Any:
                 proc.wait()
 
 
-async def _throughput(images: Sequence[Any], n: int, kind: str, port: int | None = None) -> dict[str, Any]:
+async def _throughput(
+    images: Sequence[Any], n: int, kind: str, port: int | None = None, profile: str | None = None
+) -> dict[str, Any]:
     """Receiver in this process, sender (bench.remote_sender) in its own, as a camera elsewhere would be.
 
     images/s = images finished / (last final stage - first packet), both on the receiver's clock.
@@ -210,6 +227,7 @@ async def _throughput(images: Sequence[Any], n: int, kind: str, port: int | None
                 str(lcs),
                 url,
                 str(n),
+                *([profile] if profile else []),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
@@ -240,33 +258,34 @@ async def _throughput(images: Sequence[Any], n: int, kind: str, port: int | None
 
 
 def overhead(images: Sequence[Any], mtu: int = 1200) -> dict[str, Any]:
-    """Framing (+FEC) overhead in % of payload over all images (see the module docstring)."""
+    """Framing (+FEC) overhead over all images, as a fresh session would send them (stream id 1, image
+    ids 0, 1, ...); see the module docstring for the two payload definitions."""
     from layercast.common.fec import FecPolicy
     from layercast.proto import framing
     from layercast.sender.session import plan_packets
 
-    payload = sum(layer.nbytes for r in images for layer in r.image.layers)
-    key = bytes(32)
+    imgs = [dataclasses.replace(r.image, stream_id=1, image_id=i) for i, r in enumerate(images)]
+    units = sum(layer.nbytes for img in imgs for layer in img.layers)
+    coded = units + sum(layer.descriptor.ByteSize() for img in imgs for layer in img.layers)
+    coded += sum(img.header.ByteSize() for img in imgs)
 
-    def pct(wire: int) -> float:
-        return round(100 * (wire - payload) / payload, 2)
+    def wire(**kw: Any) -> int:
+        return sum(len(w.data) for img in imgs for w in plan_packets(img, mtu=mtu, **kw))
 
     seq = iter(range(1, 10**9))
-    no_fec = sum(len(w.data) for r in images for w in plan_packets(r.image, mtu=mtu, fec=FecPolicy.none()))
-    with_fec = sum(len(w.data) for r in images for w in plan_packets(r.image, mtu=mtu, fec=FecPolicy()))
-    keyed = sum(
-        len(w.data)
-        for r in images
-        for w in plan_packets(r.image, mtu=mtu, fec=FecPolicy.none(), key=key, next_sequence=lambda: next(seq))
-    )
-    file_bytes = sum(len(framing.images_to_container([r.image])) - len(framing.MAGIC) for r in images)
+    sizes = {
+        "per_layer_no_fec": wire(fec=FecPolicy.none()),
+        "bundled_no_fec": wire(fec=FecPolicy.none(), bundle=True),
+        "default_fec": wire(fec=FecPolicy()),
+        "keyed_bundled": wire(fec=FecPolicy.none(), bundle=True, key=bytes(32), next_sequence=lambda: next(seq)),
+        "file_container": sum(len(framing.images_to_container([img])) - len(framing.MAGIC) for img in imgs),
+    }
     return {
         "mtu": mtu,
-        "payload_bytes_per_image": round(payload / len(images), 1),
-        "no_fec_pct": pct(no_fec),
-        "default_fec_pct": pct(with_fec),
-        "keyed_no_fec_pct": pct(keyed),
-        "file_container_pct": pct(file_bytes),
+        "unit_bytes_per_image": round(units / len(imgs), 1),
+        "coded_bytes_per_image": round(coded / len(imgs), 1),
+        "framing_pct": {k: round(100 * (v - coded) / coded, 2) for k, v in sizes.items()},
+        "side_info_pct": {k: round(100 * (v - units) / units, 2) for k, v in sizes.items()},
         "goal_no_fec_pct": 8.0,
     }
 
@@ -281,11 +300,12 @@ def run(
     throughput_images: int = 400,
     seed: int = 0,
     encode_options: Sequence[str] = (),
+    prompts: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run parts (a), (b), (c) on `paths` (encoded once, resized to 512, plus `layercast encode`
-    flags in `encode_options`) and return the results."""
+    flags in `encode_options`, prompts by file name from `prompts`) and return the results."""
     t = time.perf_counter()
-    encoded = _encode_all(paths, encode_options)
+    encoded = _encode_all(paths, encode_options, prompts)
     encode_s = time.perf_counter() - t
     result: dict[str, Any] = {"images": len(encoded), "encode_s_per_image": round(encode_s / len(encoded), 3)}
     link_set = encoded[:link_images]
@@ -309,11 +329,14 @@ def run(
         else:
             tp["mqtt"] = asyncio.run(_throughput(encoded, throughput_images, "mqtt", port))
     tp["webrtc"] = asyncio.run(_throughput(encoded, throughput_images, "webrtc"))
+    tp["webrtc-bundle"] = asyncio.run(_throughput(encoded, throughput_images, "webrtc", profile="webrtc-bundle"))
     tp["goal_images_per_s"] = 200
     result["throughput"] = tp
     result["overhead"] = overhead(encoded)
     # the same framing around bigger layers (0.15 bpp): the per-layer self-description is a fixed cost
-    result["overhead_large"] = overhead(_encode_all(paths[:link_images], [*encode_options, "--max-bytes", "5000"]))
+    result["overhead_large"] = overhead(
+        _encode_all(paths[:link_images], [*encode_options, "--max-bytes", "5000"], prompts)
+    )
     return result
 
 
@@ -341,28 +364,30 @@ def format_table(result: dict[str, Any]) -> str:
         f"(b) throughput, {tp['decoder']} decoder, {tp['cpus']} CPUs, sender in its own process, unpaced"
         f" (goal >= {tp['goal_images_per_s']}/s)"
     )
-    for name in ("mqtt", "webrtc"):
-        r = tp[name]
+    for name in ("mqtt", "webrtc", "webrtc-bundle"):
+        r = tp.get(name)
+        if r is None:
+            continue
         if "skipped" in r:
-            lines.append(f"    {name:<8} skipped: {r['skipped']}")
+            lines.append(f"    {name:<14} skipped: {r['skipped']}")
         else:
             lines.append(
-                f"    {name:<8} {r['images_per_s']!s:>8} images/s  ({r['finished']}/{r['images']} finished,"
+                f"    {name:<14} {r['images_per_s']!s:>6} images/s  ({r['finished']}/{r['images']} finished,"
                 f" {r['complete']} complete, {r['packets']} packets in {r['seconds']} s;"
                 f" sender {r['sender'].get('send_s', r['sender'].get('error', '?'))} s)"
             )
     ov = result["overhead"]
     lines.append(
-        f"(c) overhead at {ov['mtu']} B MTU on {ov['payload_bytes_per_image']} B payload/image: "
-        f"{ov['no_fec_pct']}% without FEC (goal <= {ov['goal_no_fec_pct']}%), {ov['default_fec_pct']}% with "
-        f"default FEC, {ov['keyed_no_fec_pct']}% keyed, {ov['file_container_pct']}% in a .lcs file"
+        f"(c) overhead at {ov['mtu']} B MTU (goal <= {ov['goal_no_fec_pct']}% without FEC); % of the coded image"
+        " (framing) and of the unit bytes (side info)"
     )
-    big = result.get("overhead_large")
-    if big:
-        lines.append(
-            f"    same framing on {big['payload_bytes_per_image']} B payload/image (--max-bytes 5000): "
-            f"{big['no_fec_pct']}% without FEC, {big['default_fec_pct']}% with default FEC"
-        )
+    lines.append(f"    {'payload/image':<34}" + "".join(f"{k:>18}" for k in ov["framing_pct"]))
+    for part in (ov, result.get("overhead_large")):
+        if not part:
+            continue
+        label = f"{part['coded_bytes_per_image']:g} B coded ({part['unit_bytes_per_image']:g} B units)"
+        lines.append(f"    {label:<34}" + "".join(f"{v:>17}%" for v in part["framing_pct"].values()))
+        lines.append(f"    {'  side info':<34}" + "".join(f"{v:>17}%" for v in part["side_info_pct"].values()))
     return "\n".join(lines)
 
 

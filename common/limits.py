@@ -31,3 +31,6 @@ MAX_PEOPLE = 64
 
 MAX_FILE_PACKETS = 1_000_000
 """Largest number of packets read from one .lcs container."""
+
+MAX_BUNDLED_LAYERS = 8
+"""Largest number of further layers one bundled packet may carry."""

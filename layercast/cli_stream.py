@@ -82,9 +82,8 @@ def _add_link_options(
         "--link",
         default=link,
         metavar="PROFILE",
-        help="link profile: lora, sbd, webrtc, mqtt, file (MTU, pace, FEC; default: from the URL"
-        + (f", here {link}" if link else "")
-        + ")",
+        help="link profile: lora, sbd, webrtc, webrtc-bundle, mqtt, file (MTU, pace, FEC, bundling;"
+        " default: from the URL" + (f", here {link}" if link else "") + ")",
     )
     g.add_argument(
         "--rate",
@@ -100,6 +99,14 @@ def _add_link_options(
         default="profile",
         help="forward error correction: on (default policy), off, profile (default), or "
         "semantic=3,structure=0.25,texture=0.5",
+    )
+    g.add_argument(
+        "--bundle",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="carry an image's whole layers without FEC in one packet where they fit the MTU (one set of ids,"
+        " one header, one CRC; on the first layer's reliability class); default: the profile's choice"
+        " (on for mqtt and webrtc-bundle)",
     )
     g.add_argument("--loss", default=loss, help="emulated random packet loss, e.g. 0.05 or 5%%")
     g.add_argument("--burst", help="emulated loss in bursts (Gilbert-Elliott average), e.g. 5%%")
@@ -332,6 +339,7 @@ async def _send(args: argparse.Namespace, paths: list[Path]) -> int:
             link_model=link_model_from_args(args),
             reliable_families=reliable,
             first_image_id=first,
+            bundle=args.bundle,
             send_timeout=args.timeout,
         )
         async with session:
@@ -508,6 +516,7 @@ async def _demo(args: argparse.Namespace) -> int:
             link_model=model,
             reliable_families=reliable,
             stream_id=1,
+            bundle=args.bundle,
         )
         async with session:
             for path, res in zip(paths, encoded, strict=True):

@@ -7,6 +7,10 @@ Wire layout of one packet (see proto/layercast.proto, message Packet)::
     crc      = field 18 (crc32c):   0x95 0x01 + little-endian CRC-32C(body [+ tag])             (always last)
 
 A `.lcs` container is ``b"LCS\\x01"`` followed by ``varint(len) + packet`` records.
+
+A bundled packet (``packetize(..., bundle=families)``) carries several whole layers of one image,
+sharing one set of ids, one header and one CRC; `unbundle` splits it into the single-layer packets it
+stands for, which is all a reader needs to know about bundles.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import cast
 
 from google.protobuf.message import DecodeError
@@ -166,6 +170,11 @@ def validate_packet(packet: pb.Packet) -> None:
             f"packet has format version {packet.version}; this build reads version {FORMAT_VERSION}"
             " (upgrade layercast, or re-encode the stream)"
         )
+    if packet.HasField("header"):
+        validate_header(packet.header)
+    if packet.bundle:
+        _validate_bundle(packet)
+        return
     if packet.kind not in _KNOWN_KINDS:
         raise BitstreamError(f"packet has unknown layer kind {packet.kind}")
     if not 1 <= packet.fragment_count <= limits.MAX_FRAGMENTS:
@@ -179,12 +188,114 @@ def validate_packet(packet: pb.Packet) -> None:
         )
     if packet.part_count > limits.MAX_FRAGMENTS or (packet.part_count > 1 and packet.part_index >= packet.part_count):
         raise LimitError(f"unit slice {packet.part_index}/{packet.part_count} is out of range")
-    if packet.HasField("header"):
-        validate_header(packet.header)
     if packet.HasField("layer"):
+        if packet.layer.units or packet.layer.kind:
+            raise BitstreamError("a fragment's layer descriptor carries bundle-only fields (units, kind)")
         validate_descriptor(packet.layer, LayerKind(packet.kind))
         if packet.unit_first >= max(packet.layer.unit_count, 1):
             raise LimitError(f"unit index {packet.unit_first} >= unit count {packet.layer.unit_count}")
+
+
+_FRAGMENT_FIELDS = frozenset(
+    [
+        "kind",
+        "fragment_index",
+        "fragment_count",
+        "unit_first",
+        "part_index",
+        "part_count",
+        "payload",
+        "layer",
+        "repair_count",
+        "fec_scheme",
+    ]
+)
+
+
+def _validate_bundle(packet: pb.Packet) -> None:
+    if len(packet.bundle) > limits.MAX_BUNDLED_LAYERS:
+        raise LimitError(f"packet bundles {len(packet.bundle)} layers, more than {limits.MAX_BUNDLED_LAYERS}")
+    stray = [f.name for f, _ in packet.ListFields() if f.name in _FRAGMENT_FIELDS]
+    if stray:
+        raise BitstreamError(f"a bundled packet carries fragment fields ({', '.join(stray)})")
+    kinds: set[LayerKind] = set()
+    for desc in packet.bundle:
+        kind = bundled_kind(desc)
+        if kind in kinds:
+            raise BitstreamError(f"bundled packet carries the {kind.family} layer ({kind.name}) twice")
+        kinds.add(kind)
+        validate_descriptor(desc, kind)
+        _last_unit_start(desc.units, desc.unit_count)
+
+
+def bundled_kind(desc: pb.LayerDescriptor) -> LayerKind:
+    """The kind of a bundled layer: its own `kind`, or the one kind its codec carries."""
+    if desc.kind:
+        if desc.kind not in _KNOWN_KINDS:
+            raise BitstreamError(f"bundled layer has unknown layer kind {desc.kind}")
+        return LayerKind(desc.kind)
+    params = _PARAMS_FOR_CODEC.get(desc.codec)
+    if params is None:
+        raise UnknownCodecError(
+            f"bundled layer uses codec id {desc.codec}, unknown to this build"
+            f" (known: {sorted(_KNOWN_CODECS)}); upgrade layercast"
+        )
+    return _KIND_FOR_PARAMS[params]
+
+
+def unbundle(packet: pb.Packet) -> list[pb.Packet]:
+    """The single-layer packets a validated packet stands for: itself, or one per bundled layer.
+
+    Bundled layer i becomes fragment 0 of 1 (units re-prefixed as `collect_units` reads them) with
+    priority ``packet.priority + i`` and the packet's ids and sequence; the first keeps the header
+    (a layer_count of 0 there becomes the bundle's size).
+    """
+    if not packet.bundle:
+        return [packet]
+    out = []
+    for i, bundled in enumerate(packet.bundle):
+        desc = pb.LayerDescriptor()
+        desc.CopyFrom(bundled)
+        desc.ClearField("units")
+        desc.ClearField("kind")
+        p = pb.Packet(
+            version=packet.version,
+            stream_id=packet.stream_id,
+            image_id=packet.image_id,
+            kind=cast(pb.LayerKind, int(bundled_kind(bundled))),
+            priority=packet.priority + i,
+            fragment_count=1,
+            payload=_prefix_last(bundled.units, desc.unit_count),
+            layer=desc,
+            sequence=packet.sequence,
+        )
+        if i == 0 and packet.HasField("header"):
+            p.header.CopyFrom(packet.header)
+            p.header.layer_count = p.header.layer_count or len(packet.bundle)
+        out.append(p)
+    return out
+
+
+def _last_unit_start(units: bytes, count: int) -> int:
+    """Where the implicit last of `count` bundled units starts; TruncatedError when a prefix overruns."""
+    pos = 0
+    for i in range(count - 1):
+        n, pos = decode_varint(units, pos, "unit length")
+        if pos + n > len(units):
+            raise TruncatedError(f"bundled unit {i} claims {n} bytes but the layer ends first")
+        pos += n
+    return pos
+
+
+def _prefix_last(units: bytes, count: int) -> bytes:
+    """Bundled `units` (the last one implicit) with every unit varint-prefixed."""
+    pos = _last_unit_start(units, count)
+    return units[:pos] + encode_varint(len(units) - pos) + units[pos:]
+
+
+def _bundled_units(units: Sequence[bytes]) -> bytes:
+    """The inverse of `_prefix_last`: every unit prefixed but the last."""
+    return b"".join(encode_varint(len(u)) + u for u in units[:-1]) + (units[-1] if units else b"")
 
 
 def validate_header(header: pb.ImageHeader) -> None:
@@ -266,6 +377,10 @@ def order_layers(layers: Sequence[EncodedLayer], order: Sequence[str] = DEFAULT_
     return sorted(layers, key=lambda layer: rank.get(layer.kind.family, len(rank)))
 
 
+SEQUENCE_RESERVE = 8
+"""Wire bytes kept free for the `sequence` field (tag + a varint below 2**42) when sizing packets."""
+
+
 def packetize(
     img: EncodedImage,
     *,
@@ -273,19 +388,33 @@ def packetize(
     order: Sequence[str] = DEFAULT_ORDER,
     header_every_layer: bool = False,
     keyed: bool = False,
+    bundle: Collection[str] = (),
 ) -> list[pb.Packet]:
     """Cut an encoded image into data packets, layers in `order` (semantic first by default).
 
     `mtu` bounds the wire size of each packet (None: one packet per layer, as files store). Units are
     packed whole, several per fragment where they fit; a unit larger than a fragment is sliced. The
     header rides on fragment 0 of the first layer, or of every layer with `header_every_layer`.
-    Sequence numbers and FEC repair packets are added by the sender session / FEC layer.
+    Consecutive whole layers of the families in `bundle` share one packet where it fits the MTU
+    (see `unbundle`); a layer that does not fit whole is fragmented as usual. Sequence numbers and FEC
+    repair packets are added by the sender session / FEC layer.
     """
     packets: list[pb.Packet] = []
     trailer = CRC_TRAILER_BYTES + (AUTH_TRAILER_BYTES if keyed else 0)
-    for priority, layer in enumerate(order_layers(img.layers, order)):
-        skel = _skeleton(img, layer, priority)
+    layers = order_layers(img.layers, order)
+    skip = 0
+    for priority, layer in enumerate(layers):
+        if skip:
+            skip -= 1
+            continue
         with_header = header_every_layer or priority == 0
+        if layer.kind.family in bundle:
+            packet = _bundle(img, layers, priority, bundle, with_header, None if mtu is None else mtu - trailer)
+            if packet is not None:
+                packets.append(packet)
+                skip = len(packet.bundle) - 1
+                continue
+        skel = _skeleton(img, layer, priority)
         if mtu is None:
             groups: list[tuple[int, int, int, bytes]] = [
                 (0, 0, 0, b"".join(encode_varint(len(u)) + u for u in layer.units))
@@ -299,8 +428,7 @@ def packetize(
             probe.fragment_index = probe.fragment_count = probe.unit_first = big
             probe.part_index = probe.part_count = probe.repair_count = big
             probe.fec_scheme = 1
-            probe.sequence = 2**40
-            room = mtu - len(probe.SerializeToString()) - trailer - 3  # 3: payload tag + length
+            room = mtu - len(probe.SerializeToString()) - SEQUENCE_RESERVE - trailer - 3  # 3: payload tag + length
             if room < 8:
                 raise InputError(f"MTU {mtu} is too small for the packet framing of this layer (use a larger MTU)")
             groups = _group_units(layer.units, room)
@@ -314,12 +442,45 @@ def packetize(
             p.part_count = part_count
             p.payload = payload
             if with_header and index == 0:
-                p.header.CopyFrom(img.header)
-                p.header.layer_count = len(img.layers)
-                if priority > 0:
-                    p.header.ClearField("hints")  # hints ride once, with the first layer
+                _set_header(p, img, priority)
             packets.append(p)
     return packets
+
+
+def _set_header(p: pb.Packet, img: EncodedImage, priority: int) -> None:
+    p.header.CopyFrom(img.header)
+    p.header.layer_count = len(img.layers)
+    if priority > 0:
+        p.header.ClearField("hints")  # hints ride once, with the first layer
+
+
+def _bundle(
+    img: EncodedImage,
+    layers: Sequence[EncodedLayer],
+    first: int,
+    families: Collection[str],
+    with_header: bool,
+    room: int | None,
+) -> pb.Packet | None:
+    """A bundled packet of layer `first` and as many of the following whole layers of `families` as
+    fit in `room` bytes (None: no bound); None when not even layer `first` fits whole."""
+    p = pb.Packet(version=FORMAT_VERSION, stream_id=img.stream_id, image_id=img.image_id, priority=first)
+    if with_header:
+        _set_header(p, img, first)
+    for layer in layers[first:]:
+        if layer.kind.family not in families:
+            break
+        desc = p.bundle.add()
+        desc.CopyFrom(layer.descriptor)
+        desc.units = _bundled_units(layer.units)
+        if _KIND_FOR_PARAMS[_PARAMS_FOR_CODEC[desc.codec]] != layer.kind:
+            desc.kind = cast(pb.LayerKind, int(layer.kind))
+        if room is not None and p.ByteSize() + SEQUENCE_RESERVE > room:
+            del p.bundle[-1]
+            break
+    if with_header and p.bundle and len(p.bundle) == len(layers):
+        p.header.ClearField("layer_count")  # a bundle of every layer says so by itself (see ImageHeader)
+    return p if p.bundle else None
 
 
 def _group_units(units: Sequence[bytes], room: int) -> list[tuple[int, int, int, bytes]]:
@@ -394,13 +555,8 @@ def packets_to_images(packets: Iterable[pb.Packet]) -> list[EncodedImage]:
     images: dict[tuple[int, int], EncodedImage] = {}
     frags: dict[tuple[int, int, int], list[pb.Packet]] = {}
     for p in packets:
-        key = (p.stream_id, p.image_id)
-        img = images.get(key)
-        if img is None:
-            img = images[key] = EncodedImage(header=pb.ImageHeader(), stream_id=p.stream_id, image_id=p.image_id)
-        if p.HasField("header") and not img.header.width:
-            img.header.CopyFrom(p.header)
-        frags.setdefault((p.stream_id, p.image_id, p.kind), []).append(p)
+        for q in unbundle(p):
+            _add_packet(images, frags, q)
     for (sid, iid, kind), plist in frags.items():
         indices = [p.fragment_index for p in plist]
         if len(set(indices)) != len(indices):
@@ -426,6 +582,18 @@ def packets_to_images(packets: Iterable[pb.Packet]) -> list[EncodedImage]:
         if not img.header.width:
             raise BitstreamError(f"image {img.image_id}: no packet carries the image header")
     return list(images.values())
+
+
+def _add_packet(
+    images: dict[tuple[int, int], EncodedImage], frags: dict[tuple[int, int, int], list[pb.Packet]], p: pb.Packet
+) -> None:
+    key = (p.stream_id, p.image_id)
+    img = images.get(key)
+    if img is None:
+        img = images[key] = EncodedImage(header=pb.ImageHeader(), stream_id=p.stream_id, image_id=p.image_id)
+    if p.HasField("header") and not img.header.width:
+        img.header.CopyFrom(p.header)
+    frags.setdefault((p.stream_id, p.image_id, p.kind), []).append(p)
 
 
 def _first_priority(frags: dict[tuple[int, int, int], list[pb.Packet]], img: EncodedImage, kind: int) -> int:
@@ -466,11 +634,18 @@ def iter_container(data: bytes) -> Iterator[bytes]:
 
 
 def images_to_container(
-    images: Iterable[EncodedImage], *, order: Sequence[str] = DEFAULT_ORDER, key: bytes | None = None
+    images: Iterable[EncodedImage],
+    *,
+    order: Sequence[str] = DEFAULT_ORDER,
+    key: bytes | None = None,
+    bundle: bool = False,
 ) -> bytes:
-    """Serialise encoded images to `.lcs` bytes (one packet per layer)."""
+    """Serialise encoded images to `.lcs` bytes: one packet per layer, or one per image with `bundle`."""
+    families = DEFAULT_ORDER if bundle else ()
     return write_container(
-        encode_packet(p, key=key) for img in images for p in packetize(img, order=order, keyed=key is not None)
+        encode_packet(p, key=key)
+        for img in images
+        for p in packetize(img, order=order, keyed=key is not None, bundle=families)
     )
 
 

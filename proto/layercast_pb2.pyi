@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -114,23 +115,27 @@ class PoseParams(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., keypoint_count: _Optional[int] = ...) -> None: ...
 
 class LayerDescriptor(_message.Message):
-    __slots__ = ("codec", "unit_count", "prompt", "edges", "colormap", "pose")
+    __slots__ = ("codec", "unit_count", "prompt", "edges", "colormap", "pose", "units", "kind")
     CODEC_FIELD_NUMBER: _ClassVar[int]
     UNIT_COUNT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
     COLORMAP_FIELD_NUMBER: _ClassVar[int]
     POSE_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     codec: CodecId
     unit_count: int
     prompt: PromptParams
     edges: EdgeParams
     colormap: ColormapParams
     pose: PoseParams
-    def __init__(self, codec: _Optional[_Union[CodecId, str]] = ..., unit_count: _Optional[int] = ..., prompt: _Optional[_Union[PromptParams, _Mapping]] = ..., edges: _Optional[_Union[EdgeParams, _Mapping]] = ..., colormap: _Optional[_Union[ColormapParams, _Mapping]] = ..., pose: _Optional[_Union[PoseParams, _Mapping]] = ...) -> None: ...
+    units: bytes
+    kind: LayerKind
+    def __init__(self, codec: _Optional[_Union[CodecId, str]] = ..., unit_count: _Optional[int] = ..., prompt: _Optional[_Union[PromptParams, _Mapping]] = ..., edges: _Optional[_Union[EdgeParams, _Mapping]] = ..., colormap: _Optional[_Union[ColormapParams, _Mapping]] = ..., pose: _Optional[_Union[PoseParams, _Mapping]] = ..., units: _Optional[bytes] = ..., kind: _Optional[_Union[LayerKind, str]] = ...) -> None: ...
 
 class Packet(_message.Message):
-    __slots__ = ("version", "stream_id", "image_id", "kind", "priority", "fragment_index", "fragment_count", "unit_first", "part_index", "part_count", "payload", "header", "layer", "repair_count", "fec_scheme", "sequence", "auth_tag", "crc32c")
+    __slots__ = ("version", "stream_id", "image_id", "kind", "priority", "fragment_index", "fragment_count", "unit_first", "part_index", "part_count", "payload", "header", "layer", "repair_count", "fec_scheme", "sequence", "auth_tag", "crc32c", "bundle")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +154,7 @@ class Packet(_message.Message):
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     AUTH_TAG_FIELD_NUMBER: _ClassVar[int]
     CRC32C_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
     version: int
     stream_id: int
     image_id: int
@@ -167,4 +173,5 @@ class Packet(_message.Message):
     sequence: int
     auth_tag: bytes
     crc32c: int
-    def __init__(self, version: _Optional[int] = ..., stream_id: _Optional[int] = ..., image_id: _Optional[int] = ..., kind: _Optional[_Union[LayerKind, str]] = ..., priority: _Optional[int] = ..., fragment_index: _Optional[int] = ..., fragment_count: _Optional[int] = ..., unit_first: _Optional[int] = ..., part_index: _Optional[int] = ..., part_count: _Optional[int] = ..., payload: _Optional[bytes] = ..., header: _Optional[_Union[ImageHeader, _Mapping]] = ..., layer: _Optional[_Union[LayerDescriptor, _Mapping]] = ..., repair_count: _Optional[int] = ..., fec_scheme: _Optional[int] = ..., sequence: _Optional[int] = ..., auth_tag: _Optional[bytes] = ..., crc32c: _Optional[int] = ...) -> None: ...
+    bundle: _containers.RepeatedCompositeFieldContainer[LayerDescriptor]
+    def __init__(self, version: _Optional[int] = ..., stream_id: _Optional[int] = ..., image_id: _Optional[int] = ..., kind: _Optional[_Union[LayerKind, str]] = ..., priority: _Optional[int] = ..., fragment_index: _Optional[int] = ..., fragment_count: _Optional[int] = ..., unit_first: _Optional[int] = ..., part_index: _Optional[int] = ..., part_count: _Optional[int] = ..., payload: _Optional[bytes] = ..., header: _Optional[_Union[ImageHeader, _Mapping]] = ..., layer: _Optional[_Union[LayerDescriptor, _Mapping]] = ..., repair_count: _Optional[int] = ..., fec_scheme: _Optional[int] = ..., sequence: _Optional[int] = ..., auth_tag: _Optional[bytes] = ..., crc32c: _Optional[int] = ..., bundle: _Optional[_Iterable[_Union[LayerDescriptor, _Mapping]]] = ...) -> None: ...

@@ -30,7 +30,7 @@ from layercast.common.registry import decode_layer
 from layercast.common.replay import KeyRing, ReplayWindow, as_keyring
 from layercast.common.types import DEFAULT_ORDER, LayerKind, LayerSet
 from layercast.proto import pb
-from layercast.proto.framing import collect_units, decode_packet
+from layercast.proto.framing import collect_units, decode_packet, unbundle
 from layercast.receiver.events import (
     Event,
     ImageReady,
@@ -156,12 +156,19 @@ class Assembler:
                 events += self._finish(next(iter(self._images.values())), now)
             img = self._images[(sid, iid)] = _Image(sid, iid, first=now, last=now)
         img.last = max(img.last, now)
-        try:
-            events += self._add(img, p, len(data), now)
-        except LayercastError as exc:
-            events.append(self._reject(sid, iid, exc, now))
-            if not img.layers and img.header is None:
-                del self._images[(sid, iid)]  # a rejected first packet does not open an image
+        parts = unbundle(p)
+        # a bundle's wire bytes are shared out: each bundled layer its own size, the first layer the rest
+        shares = [b.ByteSize() for b in p.bundle] or [0]
+        shares[0] += len(data) - sum(shares)
+        for q, nbytes in zip(parts, shares, strict=True):
+            try:
+                events += self._add(img, q, nbytes, now)
+            except LayercastError as exc:
+                events.append(self._reject(sid, iid, exc, now))
+            if (sid, iid) in self._finished:
+                break
+        if not img.layers and img.header is None:
+            self._images.pop((sid, iid), None)  # a rejected first packet does not open an image
         return events
 
     def next_timer(self) -> float | None:

@@ -21,7 +21,9 @@ class LinkProfile:
 
     `mtu` bounds each packet's wire size (None = one packet per layer); `rate_bps` is the pace
     (None = as fast as the transport takes them); `fec` the repair policy; `header_every_layer` puts the
-    image header on fragment 0 of every layer so a lost first layer does not lose the image size.
+    image header on fragment 0 of every layer so a lost first layer does not lose the image size;
+    `bundle` lets whole layers without FEC share one packet (one set of ids, one header, one CRC) on
+    the reliability class of the first of them.
     """
 
     name: str
@@ -29,6 +31,7 @@ class LinkProfile:
     rate_bps: float | None
     fec: FecPolicy = field(default_factory=FecPolicy)
     header_every_layer: bool = True
+    bundle: bool = False
     description: str = ""
 
 
@@ -46,11 +49,20 @@ PROFILES: dict[str, LinkProfile] = {
             description="WebRTC data channel: 1200-byte SCTP messages",
         ),
         LinkProfile(
+            "webrtc-bundle",
+            1200,
+            None,
+            FecPolicy.none(),
+            bundle=True,
+            description="WebRTC, one reliable 1200-byte message per image (layers bundled on the semantic channel)",
+        ),
+        LinkProfile(
             "mqtt",
             65536,
             None,
             FecPolicy.none(),  # TCP to the broker: a repair fragment would only repeat what arrives anyway
-            description="MQTT 5 over TCP: one message per layer up to 64 KiB",
+            bundle=True,
+            description="MQTT 5 over TCP: one message per image (layers bundled) up to 64 KiB",
         ),
         LinkProfile(
             "file",

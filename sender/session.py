@@ -109,13 +109,18 @@ class SendReport:
 
 @dataclass(frozen=True)
 class WirePacket:
-    """A packet ready to send: wire bytes, family (reliability class) and whether it is an FEC repair."""
+    """A packet ready to send: wire bytes, family (reliability class) and whether it is an FEC repair.
+
+    `shares` splits a bundled packet per layer: (kind, payload bytes, wire bytes) for each layer it
+    carries, the first layer taking the shared framing; a single-layer packet has one share.
+    """
 
     data: bytes
     family: str
     kind: LayerKind
     repair: bool
     payload_bytes: int
+    shares: tuple[tuple[LayerKind, int, int], ...] = ()
 
 
 def plan_packets(
@@ -127,27 +132,38 @@ def plan_packets(
     header_every_layer: bool = True,
     key: bytes | None = None,
     next_sequence: Callable[[], int] | None = None,
+    bundle: bool = False,
 ) -> list[WirePacket]:
     """Pure: the wire packets of one image in send order (each layer's data, then its repairs).
 
-    `next_sequence` numbers packets (required when `key` is set; optional otherwise).
+    `next_sequence` numbers packets (required when `key` is set; optional otherwise). `bundle` lets
+    consecutive whole layers that get no FEC repairs share a packet where it fits the MTU.
     """
     if key is not None and next_sequence is None:
         raise InputError("a keyed stream needs sequence numbers (replay defence): pass next_sequence")
-    data = framing.packetize(img, mtu=mtu, order=order, header_every_layer=header_every_layer, keyed=key is not None)
-    by_kind: dict[int, list[pb.Packet]] = {}
+    families = [f for f in order if fec.ratio(f) == 0] if bundle else []
+    data = framing.packetize(
+        img, mtu=mtu, order=order, header_every_layer=header_every_layer, keyed=key is not None, bundle=families
+    )
+    groups: dict[int, list[pb.Packet]] = {}  # a layer's fragments, or one bundled packet (keyed -1, -2, ...)
     for p in data:
-        by_kind.setdefault(p.kind, []).append(p)
+        groups.setdefault(p.kind if not p.bundle else -1 - len(groups), []).append(p)
     out: list[WirePacket] = []
-    for kind, layer_packets in by_kind.items():  # dicts keep packetize's (send) order
-        lk = LayerKind(kind)
+    for layer_packets in groups.values():  # dicts keep packetize's (send) order
         k = len(layer_packets)
-        for p in add_repair(layer_packets, fec):
+        for p in layer_packets if layer_packets[0].bundle else add_repair(layer_packets, fec):
             if next_sequence is not None:
                 p.sequence = next_sequence()
-            repair = p.fragment_index >= k
-            payload = 0 if repair else len(p.payload)
-            out.append(WirePacket(framing.encode_packet(p, key=key), lk.family, lk, repair, payload))
+            repair = not p.bundle and p.fragment_index >= k
+            wire = framing.encode_packet(p, key=key)
+            if p.bundle:
+                parts = [(framing.bundled_kind(b), b) for b in p.bundle]
+                shares = [(kind, len(b.units), b.ByteSize()) for kind, b in parts]
+            else:
+                shares = [(LayerKind(p.kind), 0 if repair else len(p.payload), 0)]
+            kind, payload, wire_share = shares[0]
+            shares[0] = (kind, payload, wire_share + len(wire) - sum(s[2] for s in shares))
+            out.append(WirePacket(wire, kind.family, kind, repair, sum(s[1] for s in shares), tuple(shares)))
     return out
 
 
@@ -158,7 +174,10 @@ class SendSession:
     `FecPolicy.none()` = off. `rate_bps`: overrides the profile's pace (0 = no pacing). `key`: HMAC key
     of this sender (packets then carry a sequence from `sequence_start`, default the ms clock).
     `link_model`: wrap the transport in a `LossyTransport` emulating that link (loss never touches
-    `reliable_families`). Use ``async with`` (opens/drains/closes the transport) or manage the transport
+    `reliable_families`). `bundle`: None = the profile's choice; True lets whole layers without FEC
+    share one packet, which travels on the class of its first layer; a bundle would turn one lost
+    packet into a lost image, so bundling is turned off when `link_model` loses packets of that class.
+    Use ``async with`` (opens/drains/closes the transport) or manage the transport
     yourself and call `send_image`.
     """
 
@@ -177,9 +196,15 @@ class SendSession:
         first_image_id: int = 0,
         sequence_start: int | None = None,
         send_timeout: float | None = None,
+        bundle: bool | None = None,
     ) -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.fec = fec if fec is not None else self.profile.fec
+        self.bundle = self.profile.bundle if bundle is None else bundle
+        lossy = link_model is not None and (link_model.loss > 0 or link_model.p_good_to_bad > 0)
+        first = next((f for f in order if self.fec.ratio(f) == 0), None)
+        if self.bundle and lossy and first not in set(reliable_families):
+            self.bundle = False  # see the docstring: bundles only ride a class that loses nothing
         if not 0 <= stream_id < 2**32:
             raise InputError(f"stream id {stream_id} must be in 0..{2**32 - 1}")
         if not 0 <= first_image_id < 2**32:
@@ -242,6 +267,7 @@ class SendSession:
             header_every_layer=self.profile.header_every_layer,
             key=self.key,
             next_sequence=self._next_sequence if self.key is not None else None,
+            bundle=self.bundle,
         )
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -253,14 +279,15 @@ class SendSession:
                 await asyncio.sleep(wait)
             sent_at = loop.time() - started
             await self.transport.send(wp.data, family=wp.family, timeout=self.send_timeout)
-            ls = layers.get(wp.kind)
-            if ls is None:
-                ls = layers[wp.kind] = LayerSend(wp.family, wp.kind.name.lower(), 0, 0, 0, 0, sent_at, sent_at)
-            ls.repair_packets += wp.repair
-            ls.data_packets += not wp.repair
-            ls.payload_bytes += wp.payload_bytes
-            ls.wire_bytes += len(wp.data)
-            ls.last_s = sent_at
+            for kind, payload, wire in wp.shares:
+                ls = layers.get(kind)
+                if ls is None:
+                    ls = layers[kind] = LayerSend(kind.family, kind.name.lower(), 0, 0, 0, 0, sent_at, sent_at)
+                ls.repair_packets += wp.repair
+                ls.data_packets += not wp.repair
+                ls.payload_bytes += payload
+                ls.wire_bytes += wire
+                ls.last_s = sent_at
         report = SendReport(
             stream_id=self.stream_id,
             image_id=iid,

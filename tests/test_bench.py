@@ -43,9 +43,11 @@ def test_stream_bench_small_run(folder: Path) -> None:
     res = stream.run(sorted(folder.iterdir()), link_images=2, throughput_images=12)
     assert res["link"]["layercast"]["complete"] == 2
     assert res["link"]["layercast"]["first_preview_s"] < res["link"]["jpeg_q1"]["full_image_s"]
-    assert res["throughput"]["webrtc"]["finished"] == 12
+    assert res["throughput"]["webrtc"]["finished"] == res["throughput"]["webrtc-bundle"]["finished"] == 12
     mqtt = res["throughput"]["mqtt"]
     assert "skipped" in mqtt or mqtt["finished"] == 12
-    assert 0 < res["overhead"]["no_fec_pct"] < res["overhead"]["default_fec_pct"]
+    framing = res["overhead"]["framing_pct"]
+    assert 0 < framing["bundled_no_fec"] < framing["per_layer_no_fec"] < framing["default_fec"]
+    assert framing["bundled_no_fec"] < res["overhead"]["side_info_pct"]["bundled_no_fec"]
     text = stream.format_table(res)
     assert "images/s" in text and "overhead" in text

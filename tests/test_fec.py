@@ -202,6 +202,6 @@ def test_every_profile_packets_and_repairs_fit_its_mtu(name: str) -> None:
 
 
 def test_unknown_profile_lists_the_known_ones() -> None:
-    with pytest.raises(InputError, match="known: lora, sbd, webrtc, mqtt, file"):
+    with pytest.raises(InputError, match="known: lora, sbd, webrtc, webrtc-bundle, mqtt, file"):
         get_profile("carrier-pigeon")
     assert get_profile(" LoRa ").mtu == 222

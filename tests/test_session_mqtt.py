@@ -39,6 +39,7 @@ async def _run(tmp_path: Path, model: LinkModel | None) -> tuple[Path, ReceiveSe
 async def test_folder_over_mosquitto_equals_file_decode(tmp_path: Path) -> None:
     out, rx, ids = await _run(tmp_path, None)
     assert rx.summary.images == rx.summary.complete == len(ids)
+    assert rx.summary.packets == len(ids), "the mqtt profile bundles each image into one message"
     for iid, ref in zip(ids, file_decodes(encoded_samples()), strict=True):
         assert np.array_equal(read_png(out / "4" / str(iid) / "final.png"), ref), f"image {iid}"
 

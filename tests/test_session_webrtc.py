@@ -18,13 +18,13 @@ from tests.session_helpers import encoded_samples, file_decodes, read_events, re
 pytestmark = pytest.mark.timeout(60)
 
 
-async def _run(out: Path, model: LinkModel | None) -> tuple[ReceiveSession, list[int]]:
+async def _run(out: Path, model: LinkModel | None, profile: str = "webrtc") -> tuple[ReceiveSession, list[int]]:
     results = encoded_samples()
     rx = ReceiveSession(out_dir=out, image_timeout=1.0)
     server = WebRTCServer("127.0.0.1", 0, on_transport=rx.serve_transport)
     async with rx, server:
         transport = await connect_webrtc(server.url, timeout=30)
-        tx = SendSession(transport, profile="webrtc", link_model=model, reliable_families=["semantic"], stream_id=2)
+        tx = SendSession(transport, profile=profile, link_model=model, reliable_families=["semantic"], stream_id=2)
         async with tx:
             ids = [(await tx.send_image(r.image)).image_id for r in results]
         await rx.run(count=len(ids), idle_timeout=5.0, until_closed=False)
@@ -45,3 +45,10 @@ async def test_webrtc_with_20pct_loss_yields_every_image(tmp_path: Path) -> None
     ready = [e for e in read_events(tmp_path) if e["event"] == "ImageReady"]
     assert sorted(e["image_id"] for e in ready) == sorted(ids)
     assert all("semantic" in e["layers"] for e in ready), "the reliable semantic channel never loses the prompt"
+
+
+async def test_bundled_images_over_webrtc_equal_file_decode(tmp_path: Path) -> None:
+    rx, ids = await _run(tmp_path, None, profile="webrtc-bundle")
+    assert rx.summary.images == rx.summary.complete == rx.summary.packets == len(ids)
+    for iid, ref in zip(ids, file_decodes(encoded_samples()), strict=True):
+        assert np.array_equal(read_png(tmp_path / "2" / str(iid) / "final.png"), ref), f"image {iid}"
