@@ -176,6 +176,14 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--count", type=int, help="exit after N images are final")
     r.add_argument("--idle-timeout", type=float, metavar="S", help="exit after S seconds without packets")
     r.add_argument(
+        "--linger",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="with --count over WebRTC: wait up to S seconds for the senders to finish draining and hang up"
+        " before closing (default 5)",
+    )
+    r.add_argument(
         "--image-timeout",
         type=float,
         default=10.0,
@@ -453,6 +461,8 @@ async def _receive(args: argparse.Namespace) -> int:
         if listening and not args.json:
             print(f"layercast: {listening} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         summary = await rx.run(count=args.count, idle_timeout=args.idle_timeout, until_closed=until_closed)
+        if scheme == "webrtc" and args.count is not None and args.linger > 0:
+            await rx.wait_transports_closed(args.linger)  # a sender may still be draining repairs
     doc = {**summary.to_dict(), "finals": finals}
     if args.json:
         print(json.dumps(doc))

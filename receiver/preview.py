@@ -38,7 +38,11 @@ def _check_size(width: int, height: int) -> None:
 
 
 def smooth_colormap(cm: Colormap, width: int, height: int) -> np.ndarray:
-    """Bicubic Oklab upsampling of a colormap to uint8 RGB (height, width, 3)."""
+    """Bicubic Oklab upsampling of a colormap to uint8 RGB (height, width, 3).
+
+    The field is interpolated in Oklab on a grid of long side `_WORK_SIDE`, converted to sRGB there,
+    and upscaled bilinearly in uint8 (the field is smooth, so this costs under one level of error).
+    """
     import cv2
 
     _check_size(width, height)
@@ -46,10 +50,10 @@ def smooth_colormap(cm: Colormap, width: int, height: int) -> np.ndarray:
     ww, wh = max(1, round(width * scale)), max(1, round(height * scale))
     lab = srgb8_to_oklab(cm.cells).astype(np.float32)
     field = cv2.resize(lab, (ww, wh), interpolation=cv2.INTER_CUBIC).reshape(wh, ww, 3)
-    srgb: np.ndarray = (linear_to_srgb(oklab_to_linear(field)) * 255.0).astype(np.float32)
-    if (ww, wh) != (width, height):
-        srgb = cv2.resize(srgb, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, 3)
-    return np.clip(srgb + 0.5, 0, 255).astype(np.uint8)
+    srgb: np.ndarray = np.clip(linear_to_srgb(oklab_to_linear(field)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if (ww, wh) == (width, height):
+        return srgb
+    return np.asarray(cv2.resize(srgb, (width, height), interpolation=cv2.INTER_LINEAR)).reshape(height, width, 3)
 
 
 def render_colormap(cm: Colormap, width: int, height: int, smooth: bool = False) -> np.ndarray:
@@ -86,17 +90,19 @@ def _known_mask(edges: EdgeMap, width: int, height: int) -> np.ndarray | None:
 
 
 def _edge_strength(edges: EdgeMap, width: int, height: int) -> np.ndarray:
-    """Float32 (height, width) in [0, 1]: soft edge lines at output size."""
+    """uint8 (height, width), 0..255: soft edge lines at output size (uint8 OpenCV ops throughout)."""
     import cv2
 
-    cover = _resize_mask(edges.edges, width, height)
-    eh = edges.shape[0]
+    m = edges.edges.astype(np.uint8) * np.uint8(255)
+    eh, ew = m.shape
+    if (eh, ew) == (height, width):
+        return m
+    shrink = width * height < eh * ew
+    cover = cv2.resize(m, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    cover = cover.reshape(height, width)
     if height > eh:  # enlarging thin lines: soften them to about one output line width
-        cover = cv2.GaussianBlur(cover, (3, 3), 0.8)
-        cover = np.minimum(cover * 1.6, 1.0)
-    else:
-        cover = np.minimum(cover * (eh / max(height, 1)), 1.0)
-    return cover
+        return cv2.convertScaleAbs(cv2.GaussianBlur(cover, (3, 3), 0.8), alpha=1.6)
+    return cv2.convertScaleAbs(cover, alpha=eh / max(height, 1))
 
 
 def render_structure(structure: Structure, width: int, height: int) -> np.ndarray:
@@ -125,12 +131,15 @@ def _mark_unknown(img: np.ndarray, unknown: np.ndarray) -> None:
 
 
 def _draw_edges(img: np.ndarray, edges: EdgeMap) -> np.ndarray:
+    import cv2
+
     h, w = img.shape[:2]
-    strength = _edge_strength(edges, w, h)
+    strength = cv2.convertScaleAbs(_edge_strength(edges, w, h), alpha=EDGE_DARKEN)
     known = _known_mask(edges, w, h)
     if known is not None:
-        strength[~known] = 0.0
-    out = (img.astype(np.float32) * (1.0 - EDGE_DARKEN * strength)[:, :, None] + 0.5).astype(np.uint8)
+        strength[~known] = 0
+    keep = cv2.subtract(np.full_like(strength, 255), strength)  # 255 = untouched, 255 - 255*darken = edge
+    out = cv2.multiply(img, cv2.merge([keep, keep, keep]), scale=1.0 / 255.0)
     if known is not None:
         _mark_unknown(out, ~known)
     return out

@@ -382,6 +382,21 @@ class ReceiveSession:
         self._handle(self.assembler.finish_all(now), now)
         await self.wait_decodes()
 
+    async def wait_transports_closed(self, timeout: float) -> bool:
+        """Wait up to `timeout` s until every transport added so far has closed (e.g. each WebRTC
+        sender hung up after draining); True when they all did."""
+        loop = self._require_started()
+        assert self._changed is not None
+        deadline = loop.time() + timeout
+        while self._readers_done < self._readers_started:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
+        return True
+
     async def wait_decodes(self) -> None:
         """Wait until no decode is pending or running."""
         while True:

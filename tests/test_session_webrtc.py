@@ -47,6 +47,18 @@ async def test_webrtc_with_20pct_loss_yields_every_image(tmp_path: Path) -> None
     assert all("semantic" in e["layers"] for e in ready), "the reliable semantic channel never loses the prompt"
 
 
+async def test_a_sender_hanging_up_closes_the_receivers_transport() -> None:
+    rx = ReceiveSession(image_timeout=1.0)
+    server = WebRTCServer("127.0.0.1", 0, on_transport=rx.serve_transport)
+    async with rx, server:
+        transport = await connect_webrtc(server.url, timeout=30)
+        async with SendSession(transport, profile="webrtc-bundle", stream_id=5) as tx:
+            await tx.send_image(encoded_samples()[0].image)
+            await rx.run(count=1, until_closed=False)
+            assert not await rx.wait_transports_closed(0.3), "the sender is still connected"
+        assert await rx.wait_transports_closed(10), "the receiver sees the sender hang up"
+
+
 async def test_bundled_images_over_webrtc_equal_file_decode(tmp_path: Path) -> None:
     rx, ids = await _run(tmp_path, None, profile="webrtc-bundle")
     assert rx.summary.images == rx.summary.complete == rx.summary.packets == len(ids)

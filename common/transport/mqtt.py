@@ -10,7 +10,8 @@ Topic scheme (also in deploy/README.md)::
   ``stream`` is the camera / sender id (one topic level: no ``/``, ``+``, ``#``); ``family`` is the
   layer family of `base.FAMILIES`.
 * Payload = exactly one wire packet (`proto.framing.encode_packet` bytes); no extra envelope, so
-  Debian's clients watch and inject directly::
+  Debian's clients watch and inject directly. A bundled packet (the ``mqtt`` link profile sends each
+  image as one) goes on the topic of its first layer, normally ``semantic``::
 
       mosquitto_sub -t 'layercast/#' -F '%t %l'
       mosquitto_pub -t layercast/cam1/semantic -f packet.bin
