@@ -8,6 +8,8 @@ import random
 import signal
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -195,6 +197,33 @@ async def test_burst_on_unreliable_channel_is_paced_and_delivered() -> None:
         print(f"texture burst: {len(got)}/1000 delivered, {1000 / elapsed:.0f} packets/s")
         assert len(got) >= 970, f"paced unreliable burst lost {1000 - len(got)} of 1000"
         assert len(set(got)) == len(got) and all(len(g) == 1024 for g in got)
+
+
+def _rcvbufs(pc: Any) -> list[int]:
+    """SO_RCVBUF of each ICE UDP socket of an aiortc peer connection."""
+    import socket
+
+    ice = pc.sctp.transport.transport._connection
+    return [
+        p.transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) for p in ice._protocols
+    ]
+
+
+async def test_ice_sockets_get_the_configured_kernel_buffers() -> None:
+    """Both peers' UDP sockets are enlarged once the channels open (an unpaced burst then fits), and
+    0 leaves aioice's own size (256 KiB)."""
+    rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    want = 2 * min(WebRTCConfig().socket_buffer_bytes, rmem_max)  # Linux books twice what it is asked for
+    aioice = 2 * min(256 * 1024, rmem_max)  # what aioice asks for on its own
+    async with WebRTCServer(port=0) as server, await connect_webrtc(server.url) as client:
+        rx = await server.accept(timeout=10)
+        for peer in (client, rx):
+            got = _rcvbufs(peer.peer_connection)
+            assert got and all(g == max(want, aioice) for g in got), (got, want)
+    config = WebRTCConfig(socket_buffer_bytes=0)
+    async with WebRTCServer(port=0, config=config) as server, await connect_webrtc(server.url, config) as client:
+        sizes = _rcvbufs(client.peer_connection)
+        assert sizes and all(size == aioice for size in sizes)
 
 
 _CHILD_RECEIVER = """

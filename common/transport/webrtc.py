@@ -98,6 +98,8 @@ class WebRTCConfig:
     """Larger outgoing packets are refused, larger incoming ones dropped (and counted)."""
     recv_queue_limit: int = 65536
     """Packets held for `recv`; beyond this incoming packets are dropped (and counted)."""
+    socket_buffer_bytes: int = 4 << 20
+    """Kernel buffer asked for on the ICE UDP sockets (see `enlarge_socket_buffers`; 0 = system default)."""
     pinned_fingerprints: tuple[str, ...] = ()
     """If set, the remote SDP must carry one of these (``"sha-256 AB:CD:..."`` or just the hex)."""
     certificate_pem: bytes | None = None
@@ -110,6 +112,8 @@ class WebRTCConfig:
             raise InputError("max_message_bytes must be in 1..262144 (aiortc's SCTP limit is 256 KiB)")
         if self.recv_queue_limit < 1:
             raise InputError("recv_queue_limit must be >= 1")
+        if self.socket_buffer_bytes < 0:
+            raise InputError("socket_buffer_bytes must be >= 0")
         object.__setattr__(
             self, "pinned_fingerprints", tuple(normalize_fingerprint(p) for p in self.pinned_fingerprints)
         )
@@ -282,6 +286,33 @@ def _mapped(what: str) -> Iterator[None]:
 # --- the transport ----------------------------------------------------------------------------------
 
 
+def enlarge_socket_buffers(pc: Any, nbytes: int) -> list[int]:
+    """Ask for `nbytes` of kernel receive and send buffer on the peer connection's UDP sockets; returns
+    the receive sizes granted (the kernel caps them at net.core.rmem_max / wmem_max).
+
+    A receiver busy decoding reads its socket late: with the default ~200 KB buffer an unpaced burst of
+    1200-byte SCTP packets overflows it, the unreliable channels lose messages and SCTP's congestion
+    control backs off for seconds. aiortc does not expose the sockets, so this walks its ICE objects
+    (RTCPeerConnection -> SCTP -> DTLS -> ICE -> aioice Connection) and does nothing if they moved.
+    """
+    import socket
+
+    granted = []
+    ice = getattr(
+        getattr(getattr(getattr(pc, "sctp", None), "transport", None), "transport", None), "_connection", None
+    )
+    for protocol in getattr(ice, "_protocols", ()):
+        sock = getattr(getattr(protocol, "transport", None), "get_extra_info", lambda _: None)("socket")
+        if sock is None:
+            continue
+        with contextlib.suppress(OSError):
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                if sock.getsockopt(socket.SOL_SOCKET, opt) < nbytes:  # only ever grow (aioice sets 256 KiB)
+                    sock.setsockopt(socket.SOL_SOCKET, opt, nbytes)
+            granted.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    return granted
+
+
 class WebRTCTransport(Transport):
     """A WebRTC peer: three negotiated data channels, one per layer family, merged into one `recv` queue.
 
@@ -423,6 +454,8 @@ class WebRTCTransport(Transport):
 
     def _on_open(self) -> None:
         if len(self._channels) == len(FAMILIES) and all(ch.readyState == "open" for ch in self._channels.values()):
+            if self.config.socket_buffer_bytes:
+                enlarge_socket_buffers(self.peer_connection, self.config.socket_buffer_bytes)
             self._opened.set()
 
     def _on_state(self) -> None:
