@@ -39,7 +39,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +254,14 @@ async def _throughput(
     }
 
 
+def _repeat(repeats: int, run: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
+    """The run with the median images/s of `repeats` runs, with every run's rate in `runs`."""
+    results = [asyncio.run(run()) for _ in range(max(1, repeats))]
+    rates = [r["images_per_s"] or 0.0 for r in results]
+    median = sorted(range(len(results)), key=lambda i: rates[i])[len(results) // 2]
+    return {**results[median], "runs": rates}
+
+
 # --- (c) overhead ------------------------------------------------------------------------------------
 
 
@@ -301,9 +309,11 @@ def run(
     seed: int = 0,
     encode_options: Sequence[str] = (),
     prompts: Mapping[str, str] | None = None,
+    repeats: int = 3,
 ) -> dict[str, Any]:
     """Run parts (a), (b), (c) on `paths` (encoded once, resized to 512, plus `layercast encode`
-    flags in `encode_options`, prompts by file name from `prompts`) and return the results."""
+    flags in `encode_options`, prompts by file name from `prompts`) and return the results; each
+    throughput run is repeated `repeats` times and the run with the median rate reported."""
     t = time.perf_counter()
     encoded = _encode_all(paths, encode_options, prompts)
     encode_s = time.perf_counter() - t
@@ -322,14 +332,16 @@ def run(
             "lower_bound_s": _median([n * 8 / LINK["rate_bps"] + LINK["delay_s"] for n in jpeg_sizes]),
         },
     }
-    tp: dict[str, Any] = {"cpus": os.cpu_count(), "decoder": "preview"}
+    tp: dict[str, Any] = {"cpus": os.cpu_count(), "decoder": "preview", "repeats": repeats}
     with mosquitto() as port:
         if port is None:
             tp["mqtt"] = {"skipped": "mosquitto binary not found (Debian package mosquitto)"}
         else:
-            tp["mqtt"] = asyncio.run(_throughput(encoded, throughput_images, "mqtt", port))
-    tp["webrtc"] = asyncio.run(_throughput(encoded, throughput_images, "webrtc"))
-    tp["webrtc-bundle"] = asyncio.run(_throughput(encoded, throughput_images, "webrtc", profile="webrtc-bundle"))
+            tp["mqtt"] = _repeat(repeats, lambda: _throughput(encoded, throughput_images, "mqtt", port))
+    tp["webrtc"] = _repeat(repeats, lambda: _throughput(encoded, throughput_images, "webrtc"))
+    tp["webrtc-bundle"] = _repeat(
+        repeats, lambda: _throughput(encoded, throughput_images, "webrtc", profile="webrtc-bundle")
+    )
     tp["goal_images_per_s"] = 200
     result["throughput"] = tp
     result["overhead"] = overhead(encoded)
@@ -371,9 +383,10 @@ def format_table(result: dict[str, Any]) -> str:
         if "skipped" in r:
             lines.append(f"    {name:<14} skipped: {r['skipped']}")
         else:
+            runs = ", ".join(f"{x:g}" for x in r.get("runs", []))
             lines.append(
-                f"    {name:<14} {r['images_per_s']!s:>6} images/s  ({r['finished']}/{r['images']} finished,"
-                f" {r['complete']} complete, {r['packets']} packets in {r['seconds']} s;"
+                f"    {name:<14} {r['images_per_s']!s:>6} images/s median (runs {runs}; median run: {r['finished']}/"
+                f"{r['images']} finished, {r['complete']} complete, {r['packets']} packets in {r['seconds']} s;"
                 f" sender {r['sender'].get('send_s', r['sender'].get('error', '?'))} s)"
             )
     ov = result["overhead"]

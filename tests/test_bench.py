@@ -40,7 +40,7 @@ def test_bench_images_part_measures_against_baselines(
 def test_stream_bench_small_run(folder: Path) -> None:
     from layercast.bench import stream
 
-    res = stream.run(sorted(folder.iterdir()), link_images=2, throughput_images=12)
+    res = stream.run(sorted(folder.iterdir()), link_images=2, throughput_images=12, repeats=1)
     assert res["link"]["layercast"]["complete"] == 2
     assert res["link"]["layercast"]["first_preview_s"] < res["link"]["jpeg_q1"]["full_image_s"]
     assert res["throughput"]["webrtc"]["finished"] == res["throughput"]["webrtc-bundle"]["finished"] == 12
@@ -49,5 +49,6 @@ def test_stream_bench_small_run(folder: Path) -> None:
     framing = res["overhead"]["framing_pct"]
     assert 0 < framing["bundled_no_fec"] < framing["per_layer_no_fec"] < framing["default_fec"]
     assert framing["bundled_no_fec"] < res["overhead"]["side_info_pct"]["bundled_no_fec"]
+    assert len(res["throughput"]["webrtc"]["runs"]) == 1
     text = stream.format_table(res)
     assert "images/s" in text and "overhead" in text
