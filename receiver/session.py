@@ -286,9 +286,13 @@ class ReceiveSession:
         if self._loop is not None:
             return
         self._loop = asyncio.get_running_loop()
-        from layercast.common.codecs.edges import warm_up
+        from layercast.common.codecs import colormap, edges
 
-        await asyncio.to_thread(warm_up)  # compile the edge coder before packets arrive, off the event loop
+        def warm_up() -> None:  # compile the edge and colormap decoders before packets arrive
+            edges.warm_up()
+            colormap.warm_up()
+
+        await asyncio.to_thread(warm_up)  # off the event loop
         self._t0 = self.last_activity = self._loop.time()
         self._changed = asyncio.Event()
         self._timer_wake = asyncio.Event()

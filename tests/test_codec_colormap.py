@@ -103,6 +103,37 @@ def test_corrupted_units_raise_codec_error_or_are_valid_units(data: st.DataObjec
     assert np.array_equal(CODEC.decompress(enc.descriptor, [bytes(unit)]).cells, out.cells)
 
 
+def _decode_or_error(unit: bytes, gh: int, gw: int, quality: int, compiled: bool) -> np.ndarray | str:
+    try:
+        return cmc._decode_grid(unit, gh, gw, quality, compiled=compiled)
+    except CodecError as exc:
+        return str(exc)
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_compiled_decoder_matches_plain_python_on_good_and_damaged_units(data: st.DataObject) -> None:
+    """The numba kernel (colormap_fast) and the plain-Python decoder give the same grid or the same error."""
+    assert cmc.colormap_fast.compiled() is not None, "numba is part of the dev extra"
+    cells = data.draw(cells_st)
+    quality = data.draw(st.integers(1, 100))
+    gh, gw = cells.shape[:2]
+    unit = cmc._encode_grid(quantise(cells, quality), quality)
+    units = [unit, unit + data.draw(st.binary(min_size=1, max_size=4)), unit[: max(0, len(unit) - 1)]]
+    if unit:
+        flipped = bytearray(unit)
+        flipped[data.draw(st.integers(0, len(unit) - 1))] ^= data.draw(st.integers(1, 255))
+        units.append(bytes(flipped))
+    units.append(data.draw(st.binary(max_size=40)))
+    for u in units:
+        fast, slow = (_decode_or_error(u, gh, gw, quality, compiled=c) for c in (True, False))
+        if isinstance(slow, str):
+            assert fast == slow
+        else:
+            assert isinstance(fast, np.ndarray) and np.array_equal(fast, slow)
+    assert np.array_equal(cmc._decode_grid(unit, gh, gw, quality), quantise(cells, quality))
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     cells=st.integers(1, 16).flatmap(lambda h: st.integers(1, 16).flatmap(lambda w: arrays(np.uint8, (h, w, 3)))),

@@ -15,7 +15,8 @@ Coding, per cell in raster order and per channel L, a, b:
 
 The decoder re-codes each symbol it reads and requires the unit to be exactly that coding, and every
 decoded value to lie in its channel's range, so a corrupted unit raises CodecError rather than
-silently decoding to wrong colours (bytes that pass are the canonical coding of some grid).
+silently decoding to wrong colours (bytes that pass are the canonical coding of some grid). With numba
+installed (the `fast` extra) decoding runs the compiled kernel of `colormap_fast`: same values, same errors.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from layercast.common import limits
+from layercast.common.codecs import colormap_fast
 from layercast.common.codecs.rangecoder import RangeDecoder, RangeEncoder
 from layercast.common.color import oklab_to_srgb8, srgb8_to_oklab
 from layercast.common.errors import CodecError, InputError
@@ -179,12 +181,49 @@ def _encode_grid(grid: np.ndarray, quality: int) -> bytes:
     return enc.finish()
 
 
-def _decode_grid(unit: bytes, gh: int, gw: int, quality: int) -> np.ndarray:
+_CORRUPT = "range-coded data is corrupt (value outside the coding interval)"  # as RangeDecoder says it
+_GAMUT = "colormap unit is corrupted (a decoded colour leaves the Oklab gamut box)"
+_NOT_CANONICAL = "colormap unit is corrupted (it is not the exact coding of the grid it decodes to)"
+
+
+def _decode_grid(unit: bytes, gh: int, gw: int, quality: int, *, compiled: bool = True) -> np.ndarray:
     """Decode the quantised grid; CodecError unless `unit` is exactly the encoding of a valid grid.
 
     Every decoded symbol is also fed to an encoder (cheap next to the walk), and the unit must equal
     its output: bytes past the end of the stream, a non-minimal termination or wrong symbols all fail.
+    Runs the numba kernel of `colormap_fast` when installed (same values, same errors).
     """
+    kernel = colormap_fast.compiled() if compiled else None
+    if kernel is not None:
+        return _decode_grid_compiled(kernel, unit, gh, gw, quality)
+    return _decode_grid_python(unit, gh, gw, quality)
+
+
+def _decode_grid_compiled(kernel: Any, unit: bytes, gh: int, gw: int, quality: int) -> np.ndarray:
+    qz = _quantiser(quality)
+    radius = (qz.qhi - qz.qlo).astype(np.int64)
+    rmax = int(radius.max())
+    flat = np.zeros(gh * gw * 3, np.int64)
+    out = np.zeros(len(unit) + 16 + 5 * gh * gw * 3, np.uint8)  # a symbol costs at most 33 bits
+    state = np.zeros(6, np.uint64)
+    rc = kernel(
+        np.frombuffer(unit, np.uint8), len(unit), gh, gw, radius,
+        np.rint(_FIRST_GUESS / qz.step).astype(np.int64), (_PRIOR_ABS / qz.step).astype(np.float64),
+        qz.qlo.astype(np.int64), qz.qhi.astype(np.int64), _PRIOR_WEIGHT, _MIN_SCALE, _PEAK_FREQ,
+        flat, np.zeros(2 * rmax + 2, np.int64), np.zeros(max(rmax, 1), np.int64), out, state,
+    )  # fmt: skip
+    if rc == colormap_fast.CORRUPT:
+        raise CodecError(_CORRUPT)
+    if rc == colormap_fast.GAMUT:
+        raise CodecError(_GAMUT)
+    low, carry, rng, cache, cache_size, n_out = (int(x) for x in state)
+    enc = RangeEncoder.resume(low + (carry << 64), rng, cache, cache_size, out[:n_out].tobytes())
+    if rc == colormap_fast.OVERRUN or enc.finish() != unit:
+        raise CodecError(_NOT_CANONICAL)
+    return flat.reshape(gh, gw, 3)
+
+
+def _decode_grid_python(unit: bytes, gh: int, gw: int, quality: int) -> np.ndarray:
     qz = _quantiser(quality)
     qlo, qhi = qz.qlo.tolist(), qz.qhi.tolist()
     flat = [0] * (gh * gw * 3)
@@ -199,10 +238,10 @@ def _decode_grid(unit: bytes, gh: int, gw: int, quality: int) -> np.ndarray:
         value = base + sym
         ch = i % 3
         if not qlo[ch] <= value <= qhi[ch]:
-            raise CodecError("colormap unit is corrupted (a decoded colour leaves the Oklab gamut box)")
+            raise CodecError(_GAMUT)
         flat[i] = value
     if enc.finish() != unit:
-        raise CodecError("colormap unit is corrupted (it is not the exact coding of the grid it decodes to)")
+        raise CodecError(_NOT_CANONICAL)
     return np.array(flat, dtype=np.int64).reshape(gh, gw, 3)
 
 
@@ -247,3 +286,10 @@ class ColormapCodec(LayerCodec):
         if len(unit) > 16 + (gh * gw * 3 * _MAX_SYMBOL_BITS + 7) // 8:
             raise CodecError(f"colormap unit of {len(unit)} bytes is impossible for a {gw}x{gh} grid")
         return Colormap(cells=dequantise(_decode_grid(bytes(unit), gh, gw, quality), quality))
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's disk cache) the colormap decoder now, so the first real image does
+    not stall an event loop; a no-op without numba and after the first call."""
+    if colormap_fast.compiled() is not None:
+        _decode_grid(_encode_grid(np.zeros((1, 1, 3), np.int64), DEFAULT_QUALITY), 1, 1, DEFAULT_QUALITY)

@@ -49,6 +49,7 @@ from typing import Any, cast
 import numpy as np
 
 from layercast.common import limits
+from layercast.common.codecs.jit import njit_or_none
 from layercast.common.errors import CodecError, InputError, ModelError
 from layercast.common.registry import EDGES_CTX, LayerCodec, register
 from layercast.common.types import EdgeMap, EncodedLayer, LayerKind
@@ -583,11 +584,7 @@ _STATE = threading.local()
 @functools.cache
 def _jitted() -> Callable[..., int] | None:
     """The numba build of `_code_stripe` (cached on disk next to this module), or None without numba."""
-    try:
-        import numba
-    except ImportError:
-        return None
-    return cast(Callable[..., int], numba.njit(cache=True, nogil=True)(_code_stripe))
+    return njit_or_none(_code_stripe)
 
 
 class _Kernel:

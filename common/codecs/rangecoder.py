@@ -47,6 +47,14 @@ class RangeEncoder:
         self._cache_size += 1
         self._low = (low << 8) & _MASK
 
+    @classmethod
+    def resume(cls, low: int, range_: int, cache: int, cache_size: int, out: bytes) -> RangeEncoder:
+        """An encoder in the state another implementation of this coder left (a compiled kernel)."""
+        enc = cls()
+        enc._low, enc._range, enc._cache, enc._cache_size = low, range_, cache, cache_size
+        enc._out = bytearray(out)
+        return enc
+
     def encode(self, cum: int, freq: int, total: int) -> None:
         """Narrow the interval to [cum, cum + freq) out of total."""
         r = self._range // total
