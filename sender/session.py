@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from layercast.common import limits
 from layercast.common.errors import InputError, LayercastError
 from layercast.common.fec import FecPolicy, add_repair
 from layercast.common.transport.base import Transport
@@ -247,6 +248,13 @@ class SendSession:
                 await self.transport.drain()
         finally:
             await self.transport.close()
+
+    @property
+    def whole_images_bundled(self) -> bool:
+        """True when each image travels as one bundled packet (bundling on, and the MTU as large as a packet
+        may be): no layer, nor a stripe of one, is then lost alone, so `layercast send` codes one edge stripe."""
+        mtu = self.profile.mtu if self.profile.mtu is not None else limits.MAX_PACKET_BYTES
+        return self.bundle and mtu >= limits.MAX_PACKET_BYTES
 
     def _next_sequence(self) -> int:
         self._sequence += 1

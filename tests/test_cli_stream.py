@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from broker import mosquitto_broker  # noqa: F401  (pytest fixture)
 
-from layercast.cli import main
+from layercast.cli import build_parser, encode_path, main
 from layercast.common.transport.memory import memory_pair
 from layercast.receiver.session import ReceiveSession
 from layercast.receiver.web import LiveView
@@ -27,12 +29,41 @@ def test_send_to_file_then_receive(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["send", str(folder), "--to", f"file:{lcs}", "--stream-id", "3", "--json", *ENCODE_FLAGS]) == 0
     sent = json.loads(capsys.readouterr().out)
     assert [i["image_id"] for i in sent["images"]] == [0, 1] and sent["failed"] == []
+    assert (sent["bundle"], sent["stripe_rows"]) == (False, 32)
     assert main(["receive", "--on", f"file:{lcs}", "--out", str(out), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["images"] == got["complete"] == 2 and got["rejected"] == 0
     for iid, ref in enumerate(file_decodes(encoded_samples(stream_id=3)[:2])):
         assert np.array_equal(read_png(out / "3" / str(iid) / "final.png"), ref)
     assert (out / "events.jsonl").is_file()
+
+
+async def test_send_over_mqtt_bundles_whole_images_coded_in_one_stripe(
+    mosquitto_broker: int,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`layercast send` through a real Mosquitto: one bundled message per image, the edge map in one stripe
+    (it can only be lost with the whole image); the receiver rebuilds each image as the file decode does."""
+    from layercast.common.transport.mqtt import MqttConfig, MqttTransport
+
+    out = tmp_path / "out"
+    paths = [str(p) for p in sample_paths()[:2]]
+    config = MqttConfig(host="127.0.0.1", port=mosquitto_broker, role="receive", stream="cam9")
+    async with MqttTransport(config) as rx_t, ReceiveSession(out_dir=out, image_timeout=2.0) as rx:
+        rx.add_transport(rx_t, "mqtt")
+        url = f"mqtt://127.0.0.1:{mosquitto_broker}/layercast/cam9"
+        argv = ["send", *paths, "--to", url, "--first-image-id", "0", "--json", *ENCODE_FLAGS]
+        assert await asyncio.to_thread(main, argv) == 0
+        await rx.run(count=2, idle_timeout=10, until_closed=False)
+    sent = json.loads(capsys.readouterr().out)
+    assert (sent["bundle"], sent["stripe_rows"]) == (True, 0)
+    assert [i["packets"] for i in sent["images"]] == [1, 1] and rx.summary.packets == 2
+    args = build_parser().parse_args(["encode", "x", "-o", "x", *ENCODE_FLAGS, "--stripe-rows", "0"])
+    results = [encode_path(p, args) for p in sample_paths()[:2]]
+    assert [len(r.image.layer("structure").units) for r in results] == [1, 1]
+    for iid, ref in enumerate(file_decodes(results)):
+        assert np.array_equal(read_png(out / "0" / str(iid) / "final.png"), ref)
 
 
 def test_send_rejects_unknown_destination(capsys: pytest.CaptureFixture[str]) -> None:

@@ -51,6 +51,19 @@ def test_bigger_budget_buys_richer_structure() -> None:
     assert (big.rung.long_side, -big.rung.threshold_scale) > (small.rung.long_side, -small.rung.threshold_scale)
 
 
+def test_one_stripe_codes_the_same_edges_in_fewer_bytes() -> None:
+    """stripe_rows=0: the whole edge map in one unit; the same map as 32-row stripes, in fewer bytes."""
+    opts = {"max_bytes": 5000, "texture_quality": 50}
+    striped = encode_image(busy(seed=4), Prompt("a"), options=EncodeOptions(**opts))  # type: ignore[arg-type]
+    whole = encode_image(busy(seed=4), Prompt("a"), options=EncodeOptions(stripe_rows=0, **opts))  # type: ignore[arg-type]
+    s, w = striped.image.layer("structure"), whole.image.layer("structure")
+    assert s is not None and w is not None and striped.rung == whole.rung
+    assert len(s.units) > 1 and len(w.units) == 1 and w.descriptor.edges.stripe_rows == w.descriptor.edges.height
+    assert w.nbytes < s.nbytes
+    a, b = layerset_from_image(striped.image).structure, layerset_from_image(whole.image).structure
+    assert np.array_equal(a.edges, b.edges)  # type: ignore[union-attr]
+
+
 def test_prompt_is_never_cut_even_over_budget() -> None:
     long_prompt = "an extremely detailed prompt " * 40
     res = encode_image(scene(), Prompt(long_prompt), options=EncodeOptions(max_bytes=100))
@@ -87,6 +100,7 @@ def test_odd_sizes_encode_and_decode(shape: tuple[int, int]) -> None:
         ({"cells_long": 0}, "colormap cells"),
         ({"texture_quality": 101}, "texture quality"),
         ({"order": ("semantic", "colour")}, "unknown layer family"),
+        ({"stripe_rows": -1}, "--stripe-rows"),
     ],
 )
 def test_bad_options(kwargs: dict[str, object], match: str) -> None:

@@ -502,7 +502,9 @@ class WebRTCTransport(Transport):
         self._on_lost("closed locally")
         if self._pc is not None:
             with _mapped("close"):
-                await self._pc.close()
+                # shielded: a close timeout must not cancel aiortc's own pending close (its `isClosed`
+                # future would be cancelled under it, and its later set_result raise InvalidStateError)
+                await asyncio.shield(self._pc.close())
 
     async def _send(self, data: bytes, family: str) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
