@@ -397,7 +397,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"(c) overhead at {ov['mtu']} B MTU (goal <= {ov['goal_no_fec_pct']}% without FEC); % of the coded image"
         " (framing) and of the unit bytes (side info)"
     )
-    lines.append(f"    {'payload/image':<40}" + "".join(f"{k:>18}" for k in ov["framing_pct"]))
+    lines.append(f"    {'payload/image':<46}" + "".join(f"{k:>18}" for k in ov["framing_pct"]))
     parts = [
         ("32-row stripes", ov),
         ("one stripe (send --link mqtt)", result.get("overhead_one_stripe")),
@@ -407,9 +407,9 @@ def format_table(result: dict[str, Any]) -> str:
         if not part:
             continue
         label = f"{name}: {part['coded_bytes_per_image']:g} B coded"
-        lines.append(f"    {label:<40}" + "".join(f"{v:>17}%" for v in part["framing_pct"].values()))
+        lines.append(f"    {label:<46}" + "".join(f"{v:>17}%" for v in part["framing_pct"].values()))
         side = f"  side info ({part['unit_bytes_per_image']:g} B units)"
-        lines.append(f"    {side:<40}" + "".join(f"{v:>17}%" for v in part["side_info_pct"].values()))
+        lines.append(f"    {side:<46}" + "".join(f"{v:>17}%" for v in part["side_info_pct"].values()))
     return "\n".join(lines)
 
 
