@@ -510,7 +510,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if len(images) == 1:
         doc = describe_image(images[0], len(data))
     else:
-        per = [describe_image(img) for img in images]
+        # each image's own bytes in the file (its packets and their length prefixes), bundled or not
+        sizes: dict[tuple[int, int], int] = {}
+        for rec in framing.iter_container(data):
+            p = framing.decode_packet(rec)
+            key = (p.stream_id, p.image_id)
+            sizes[key] = sizes.get(key, 0) + len(framing.encode_varint(len(rec))) + len(rec)
+        per = [describe_image(img, sizes.get((img.stream_id, img.image_id))) for img in images]
         pixels = sum(x["width"] * x["height"] for x in per)
         doc = {
             "width": per[0]["width"],

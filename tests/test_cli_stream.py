@@ -12,6 +12,7 @@ from broker import mosquitto_broker  # noqa: F401  (pytest fixture)
 
 from layercast.cli import build_parser, encode_path, main
 from layercast.common.transport.memory import memory_pair
+from layercast.proto.framing import encode_varint
 from layercast.receiver.session import ReceiveSession
 from layercast.receiver.web import LiveView
 from layercast.sender.session import SendSession
@@ -64,6 +65,25 @@ async def test_send_over_mqtt_bundles_whole_images_coded_in_one_stripe(
     assert [len(r.image.layer("structure").units) for r in results] == [1, 1]
     for iid, ref in enumerate(file_decodes(results)):
         assert np.array_equal(read_png(out / "0" / str(iid) / "final.png"), ref)
+
+
+def test_bundled_file_round_trip_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`send --to file: --bundle`: one packet per image; inspect counts each image's own bytes; receive
+    rebuilds every image."""
+    lcs = tmp_path / "b.lcs"
+    argv = ["send", *map(str, sample_paths()), "--to", f"file:{lcs}", "--bundle", "--json", *ENCODE_FLAGS]
+    assert main(argv) == 0
+    sent = json.loads(capsys.readouterr().out)
+    assert sent["bundle"] and all(i["packets"] == 1 for i in sent["images"])
+    assert main(["inspect", str(lcs), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["packets"] == len(sent["images"])
+    per_image = [i["total_bytes"] for i in info["images"]]
+    assert per_image == [i["wire_bytes"] + len(encode_varint(i["wire_bytes"])) for i in sent["images"]]
+    assert sum(per_image) + 4 == lcs.stat().st_size  # + the magic
+    assert main(["receive", "--on", f"file:{lcs}", "--out", str(tmp_path / "out"), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["complete"] == len(sent["images"]) and got["packets"] == len(sent["images"])
 
 
 def test_send_rejects_unknown_destination(capsys: pytest.CaptureFixture[str]) -> None:
