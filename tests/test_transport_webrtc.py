@@ -199,6 +199,31 @@ async def test_burst_on_unreliable_channel_is_paced_and_delivered() -> None:
         assert len(set(got)) == len(got) and all(len(g) == 1024 for g in got)
 
 
+async def test_data_before_the_channels_report_open_is_delivered_not_lost() -> None:
+    """SCTP hands DATA to a side still waiting for its (lost) COOKIE-ACK, before aiortc opens the negotiated
+    channels; if the sender finishes and hangs up meanwhile, those packets must still reach the reader.
+    Seen in the netns test at 20 % loss; here the two aiortc events are replayed on a signalled transport."""
+    offerer, answerer = WebRTCTransport(), WebRTCTransport()
+    await answerer.accept_offer(await offerer.create_offer())
+    try:
+        answerer._on_message("semantic", b"early packet")  # aiortc's "message" event, channels not open yet
+        answerer._on_lost("the semantic channel closed")  # then the sender's stream reset
+        await answerer.open(timeout=1)
+        assert await answerer.recv(timeout=1) == b"early packet"
+        with pytest.raises(TransportClosed):
+            await answerer.recv(timeout=1)
+    finally:
+        await answerer.close()
+        await offerer.close()
+    offerer, lonely = WebRTCTransport(), WebRTCTransport()
+    await lonely.accept_offer(await offerer.create_offer())
+    lonely._on_lost("the semantic channel closed")  # nothing arrived: the connection really failed
+    with pytest.raises(TransportError, match="could not be established"):
+        await lonely.open(timeout=1)
+    await lonely.close()
+    await offerer.close()
+
+
 def _rcvbufs(pc: Any) -> list[int]:
     """SO_RCVBUF of each ICE UDP socket of an aiortc peer connection."""
     import socket

@@ -455,7 +455,10 @@ class WebRTCTransport(Transport):
     def _on_open(self) -> None:
         if len(self._channels) == len(FAMILIES) and all(ch.readyState == "open" for ch in self._channels.values()):
             if self.config.socket_buffer_bytes:
-                enlarge_socket_buffers(self.peer_connection, self.config.socket_buffer_bytes)
+                try:  # an aiortc event handler: nothing may escape into aiortc
+                    enlarge_socket_buffers(self.peer_connection, self.config.socket_buffer_bytes)
+                except Exception:  # pragma: no cover - aiortc internals moved
+                    log.debug("could not enlarge the ICE socket buffers", exc_info=True)
             self._opened.set()
 
     def _on_state(self) -> None:
@@ -485,6 +488,9 @@ class WebRTCTransport(Transport):
         self.stats.received[family] += 1
         self.stats.bytes_received += len(msg)
         self._queue.put_nowait(msg)
+        # data proves the association works even if a channel's "open" has not fired yet (SCTP delivers
+        # DATA to a side still waiting for its lost COOKIE-ACK): let the reader start
+        self._opened.set()
 
     # -- Transport ---------------------------------------------------------------------------------
 
@@ -492,7 +498,7 @@ class WebRTCTransport(Transport):
         if not self._channels:
             raise TransportError("WebRTC transport not signalled: use connect_webrtc() or WebRTCServer")
         await self._opened.wait()
-        if self._lost is not None:
+        if self._lost is not None and self._queue.qsize() <= 1:  # only the end-of-stream marker
             raise TransportError(
                 f"WebRTC connection could not be established: {self._lost} "
                 "(ICE or DTLS failed: peer unreachable, or its certificate does not match its SDP)"
