@@ -346,7 +346,7 @@ def run(
     tp["goal_images_per_s"] = 200
     result["throughput"] = tp
     result["overhead"] = overhead(encoded)
-    # as `layercast send --link mqtt` codes them: the structure always rides the bundle, so one edge stripe
+    # as `layercast send` codes an image that travels as one bundle: one edge stripe
     result["overhead_one_stripe"] = overhead(_encode_all(paths, [*encode_options, "--stripe-rows", "0"], prompts))
     # the same framing around bigger layers (0.15 bpp): the per-layer self-description is a fixed cost
     result["overhead_large"] = overhead(
@@ -400,7 +400,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"    {'payload/image':<46}" + "".join(f"{k:>18}" for k in ov["framing_pct"]))
     parts = [
         ("32-row stripes", ov),
-        ("one stripe (send --link mqtt)", result.get("overhead_one_stripe")),
+        ("one stripe (as send bundles)", result.get("overhead_one_stripe")),
         ("--max-bytes 5000", result.get("overhead_large")),
     ]
     for name, part in parts:

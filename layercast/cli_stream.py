@@ -313,7 +313,6 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 async def _send(args: argparse.Namespace, paths: list[Path]) -> int:
     from layercast.common.transport.webrtc import WebRTCConfig
-    from layercast.sender.encode import EncodeOptions
     from layercast.sender.link import get_profile
     from layercast.sender.session import SendSession, clock_image_id
 
@@ -351,8 +350,6 @@ async def _send(args: argparse.Namespace, paths: list[Path]) -> int:
             bundle=args.bundle,
             send_timeout=args.timeout,
         )
-        if args.stripe_rows is None:  # stripes buy nothing where the structure always rides a reliable bundle
-            args.stripe_rows = 0 if session.whole_images_bundled else EncodeOptions.stripe_rows
         async with session:
             reports = await session.send_paths(
                 paths,
@@ -365,7 +362,6 @@ async def _send(args: argparse.Namespace, paths: list[Path]) -> int:
         "to": args.to,
         "link": profile.name,
         "bundle": session.bundle,
-        "stripe_rows": args.stripe_rows,
         "stream_id": args.stream_id,
         "images": [r.to_dict() for r in reports],
         "failed": failures,

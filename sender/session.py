@@ -23,7 +23,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from layercast.common import limits
 from layercast.common.errors import InputError, LayercastError
 from layercast.common.fec import FecPolicy, add_repair
 from layercast.common.transport.base import Transport
@@ -60,6 +59,7 @@ class LayerSend:
     wire_bytes: int
     first_s: float
     last_s: float
+    units: int = 0
 
 
 @dataclass
@@ -100,6 +100,7 @@ class SendReport:
                     "repair_packets": x.repair_packets,
                     "payload_bytes": x.payload_bytes,
                     "wire_bytes": x.wire_bytes,
+                    "units": x.units,
                     "first_ms": round(1e3 * x.first_s, 1),
                     "last_ms": round(1e3 * x.last_s, 1),
                 }
@@ -249,12 +250,20 @@ class SendSession:
         finally:
             await self.transport.close()
 
-    @property
-    def whole_images_bundled(self) -> bool:
-        """True when each image travels as one bundled packet (bundling on, and the MTU as large as a packet
-        may be): no layer, nor a stripe of one, is then lost alone, so `layercast send` codes one edge stripe."""
-        mtu = self.profile.mtu if self.profile.mtu is not None else limits.MAX_PACKET_BYTES
-        return self.bundle and mtu >= limits.MAX_PACKET_BYTES
+    def travels_whole(self, encoded: EncodedImage) -> bool:
+        """True when this session sends `encoded` as one bundled packet: none of its layers, nor a stripe
+        of one, can then be lost alone (what `send_paths` checks before coding the edge map in one stripe)."""
+        if not self.bundle:
+            return False
+        packets = framing.packetize(
+            encoded,
+            mtu=self.profile.mtu,
+            order=self.order,
+            header_every_layer=self.profile.header_every_layer,
+            keyed=self.key is not None,
+            bundle=[f for f in self.order if self.fec.ratio(f) == 0],
+        )
+        return len(packets) == 1 and len(packets[0].bundle) == len(encoded.layers)
 
     def _next_sequence(self) -> int:
         self._sequence += 1
@@ -296,6 +305,9 @@ class SendSession:
                 ls.payload_bytes += payload
                 ls.wire_bytes += wire
                 ls.last_s = sent_at
+        for layer in img.layers:
+            if layer.kind in layers:
+                layers[layer.kind].units = len(layer.units)
         report = SendReport(
             stream_id=self.stream_id,
             image_id=iid,
@@ -319,7 +331,8 @@ class SendSession:
         on_error: Callable[[Path, LayercastError], None] | None = None,
     ) -> list[SendReport]:
         """Encode image files with the CLI's encode options (`args`, as `layercast encode` takes them)
-        and send them in order. The next file is encoded in a worker thread while one is sent.
+        and send them in order. The next file is encoded in a worker thread while one is sent. Without
+        `args.stripe_rows`, an image that travels as one bundled packet is coded with one edge stripe.
 
         A file that fails to encode is reported to `on_error` and skipped (raised when None).
         """
@@ -328,8 +341,15 @@ class SendSession:
 
         bar = Progress(len(paths), "send", enabled=progress)
         reports: list[SendReport] = []
+        one_stripe = argparse.Namespace(**{**vars(args), "stripe_rows": 0})
 
         def encode(path: Path) -> Any:
+            if getattr(args, "stripe_rows", None) is None and self.bundle:
+                # stripes exist so a lost packet costs one stripe: where the image travels whole they only
+                # cost bytes (~5% of the structure), so try one stripe and keep it if the image stays whole
+                whole = encode_path(path, one_stripe, stream_id=self.stream_id)
+                if self.travels_whole(whole.image):
+                    return whole
             return encode_path(path, args, stream_id=self.stream_id)
 
         pending = asyncio.ensure_future(asyncio.to_thread(encode, paths[0])) if paths else None

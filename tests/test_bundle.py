@@ -5,6 +5,7 @@ same image either way."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,30 @@ def test_a_session_bundles_only_onto_a_class_that_loses_nothing() -> None:
     assert not SendSession(a, profile="mqtt", link_model=lossy).bundle  # a lost bundle would lose the image
     assert SendSession(a, profile="mqtt", link_model=lossy, reliable_families=["semantic"]).bundle
     assert SendSession(a, profile="mqtt", link_model=LinkModel(delay_s=0.3)).bundle
+
+
+async def test_send_paths_codes_one_stripe_only_for_images_that_travel_whole(tmp_path: Path) -> None:
+    """An image that fits one bundle is coded with one edge stripe; one too big for the MTU keeps its
+    stripes (its structure travels in fragments that can be lost alone); --stripe-rows overrides."""
+    from PIL import Image
+
+    from layercast.cli import build_parser
+    from layercast.common.transport.memory import memory_pair
+    from tests.imaging import busy
+
+    path = tmp_path / "busy.png"
+    Image.fromarray(busy(seed=5)).save(path)
+
+    async def structure_units(*flags: str, profile: str = "webrtc-bundle") -> tuple[int, int]:
+        args = build_parser().parse_args(["encode", "x", "-o", "x", "--resize", "512", *flags])
+        a, _ = memory_pair()
+        async with SendSession(a, profile=profile) as tx:
+            (report,) = await tx.send_paths([path], args, progress=False)
+        units = {x.family: x.units for x in report.layers}
+        return units["structure"], report.packets
+
+    assert await structure_units() == (1, 1)  # 655 B at 0.02 bpp: one 1200-byte bundle
+    units, packets = await structure_units("--max-bytes", "4000")
+    assert units > 1 and packets > 1  # too big for one bundle: the structure travels in stripes
+    assert (await structure_units("--stripe-rows", "32"))[0] > 1
+    assert (await structure_units(profile="webrtc"))[0] > 1  # a packet per layer: stripes kept

@@ -30,7 +30,11 @@ def test_send_to_file_then_receive(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["send", str(folder), "--to", f"file:{lcs}", "--stream-id", "3", "--json", *ENCODE_FLAGS]) == 0
     sent = json.loads(capsys.readouterr().out)
     assert [i["image_id"] for i in sent["images"]] == [0, 1] and sent["failed"] == []
-    assert (sent["bundle"], sent["stripe_rows"]) == (False, 32)
+    assert not sent["bundle"]
+    args = build_parser().parse_args(["encode", "x", "-o", "x", *ENCODE_FLAGS])  # 32-row stripes, as encode
+    for img, path in zip(sent["images"], sample_paths()[:2], strict=True):
+        units = {x["family"]: x["units"] for x in img["layers"]}
+        assert units["structure"] == len(encode_path(path, args).image.layer("structure").units)
     assert main(["receive", "--on", f"file:{lcs}", "--out", str(out), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["images"] == got["complete"] == 2 and got["rejected"] == 0
@@ -58,8 +62,9 @@ async def test_send_over_mqtt_bundles_whole_images_coded_in_one_stripe(
         assert await asyncio.to_thread(main, argv) == 0
         await rx.run(count=2, idle_timeout=10, until_closed=False)
     sent = json.loads(capsys.readouterr().out)
-    assert (sent["bundle"], sent["stripe_rows"]) == (True, 0)
+    assert sent["bundle"]
     assert [i["packets"] for i in sent["images"]] == [1, 1] and rx.summary.packets == 2
+    assert [{x["family"]: x["units"] for x in i["layers"]}["structure"] for i in sent["images"]] == [1, 1]
     args = build_parser().parse_args(["encode", "x", "-o", "x", *ENCODE_FLAGS, "--stripe-rows", "0"])
     results = [encode_path(p, args) for p in sample_paths()[:2]]
     assert [len(r.image.layer("structure").units) for r in results] == [1, 1]
