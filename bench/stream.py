@@ -251,6 +251,7 @@ async def _throughput(
         "seconds": round(span, 3),
         "images_per_s": round(done / span, 1) if span > 0 else None,
         "packets": rx.summary.packets,
+        "stages": rx.summary.stages,
         "sender": sender,
     }
 
@@ -389,7 +390,8 @@ def format_table(result: dict[str, Any]) -> str:
             runs = ", ".join(f"{x:g}" for x in r.get("runs", []))
             lines.append(
                 f"    {name:<14} {r['images_per_s']!s:>6} images/s median (runs {runs}; median run: {r['finished']}/"
-                f"{r['images']} finished, {r['complete']} complete, {r['packets']} packets in {r['seconds']} s;"
+                f"{r['images']} finished, {r['complete']} complete, {r['packets']} packets, {r.get('stages', '?')}"
+                f" stages in {r['seconds']} s;"
                 f" sender {r['sender'].get('send_s', r['sender'].get('error', '?'))} s)"
             )
     ov = result["overhead"]
