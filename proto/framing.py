@@ -234,13 +234,27 @@ def bundled_kind(desc: pb.LayerDescriptor) -> LayerKind:
         if desc.kind not in _KNOWN_KINDS:
             raise BitstreamError(f"bundled layer has unknown layer kind {desc.kind}")
         return LayerKind(desc.kind)
-    params = _PARAMS_FOR_CODEC.get(desc.codec)
-    if params is None:
+    kind = _codec_kind(desc.codec)
+    if kind is None:
         raise UnknownCodecError(
             f"bundled layer uses codec id {desc.codec}, unknown to this build"
             f" (known: {sorted(_KNOWN_CODECS)}); upgrade layercast"
         )
-    return _KIND_FOR_PARAMS[params]
+    return kind
+
+
+def _codec_kind(codec: int) -> LayerKind | None:
+    """The one layer kind a codec carries (None for a codec this build does not know)."""
+    params = _PARAMS_FOR_CODEC.get(cast(pb.CodecId, codec))
+    return None if params is None else _KIND_FOR_PARAMS[params]
+
+
+def wire_shares(packet: pb.Packet, nbytes: int) -> list[int]:
+    """How the `nbytes` wire bytes of `packet` fall to the single-layer packets `unbundle` gives: each
+    bundled layer its own serialised size, the first layer the rest (the framing they share)."""
+    shares = [b.ByteSize() for b in packet.bundle] or [0]
+    shares[0] += nbytes - sum(shares)
+    return shares
 
 
 def unbundle(packet: pb.Packet) -> list[pb.Packet]:
@@ -473,7 +487,7 @@ def _bundle(
         desc = p.bundle.add()
         desc.CopyFrom(layer.descriptor)
         desc.units = _bundled_units(layer.units)
-        if _KIND_FOR_PARAMS[_PARAMS_FOR_CODEC[desc.codec]] != layer.kind:
+        if _codec_kind(desc.codec) != layer.kind:
             desc.kind = cast(pb.LayerKind, int(layer.kind))
         if room is not None and p.ByteSize() + SEQUENCE_RESERVE > room:
             del p.bundle[-1]

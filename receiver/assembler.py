@@ -30,7 +30,7 @@ from layercast.common.registry import decode_layer
 from layercast.common.replay import KeyRing, ReplayWindow, as_keyring
 from layercast.common.types import DEFAULT_ORDER, LayerKind, LayerSet
 from layercast.proto import pb
-from layercast.proto.framing import collect_units, decode_packet, unbundle
+from layercast.proto.framing import collect_units, decode_packet, unbundle, wire_shares
 from layercast.receiver.events import (
     Event,
     ImageReady,
@@ -156,11 +156,7 @@ class Assembler:
                 events += self._finish(next(iter(self._images.values())), now)
             img = self._images[(sid, iid)] = _Image(sid, iid, first=now, last=now)
         img.last = max(img.last, now)
-        parts = unbundle(p)
-        # a bundle's wire bytes are shared out: each bundled layer its own size, the first layer the rest
-        shares = [b.ByteSize() for b in p.bundle] or [0]
-        shares[0] += len(data) - sum(shares)
-        for q, nbytes in zip(parts, shares, strict=True):
+        for q, nbytes in zip(unbundle(p), wire_shares(p, len(data)), strict=True):
             try:
                 events += self._add(img, q, nbytes, now)
             except LayercastError as exc:

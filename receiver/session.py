@@ -572,19 +572,7 @@ class ReceiveSession:
                 # refinements that land within `coalesce_s` of each other make one decode, not several
                 await asyncio.sleep(self.coalesce_s)
                 if st.pending is not None:
-                    self.summary.cancelled += 1
-                    self._write(
-                        {
-                            "event": "DecodeCancelled",
-                            "stream_id": sid,
-                            "image_id": iid,
-                            "reason": job.reason,
-                            "layers": job.layers.present(),
-                            "decode_ms": 0.0,
-                            "coalesced": True,
-                        },
-                        loop.time(),
-                    )
+                    self._cancelled(sid, iid, job, 0.0, coalesced=True)
                     continue
             if job.sig == st.last_sig and st.last_stage is not None:
                 if job.final:
@@ -601,18 +589,7 @@ class ReceiveSession:
             finally:
                 st.running, st.stop = None, None
             if stop.is_set() and not job.final:
-                self.summary.cancelled += 1
-                self._write(
-                    {
-                        "event": "DecodeCancelled",
-                        "stream_id": sid,
-                        "image_id": iid,
-                        "reason": job.reason,
-                        "layers": job.layers.present(),
-                        "decode_ms": round(ms, 2),
-                    },
-                    loop.time(),
-                )
+                self._cancelled(sid, iid, job, ms)
                 continue
             if rgb is None:
                 self.summary.decode_failures += 1
@@ -628,6 +605,22 @@ class ReceiveSession:
             await self._emit(sid, iid, st, job, rgb, ms, reuse=False)
         if st.pending is None and st.last_stage is not None and st.last_stage.final:
             self._states.pop((sid, iid), None)
+
+    def _cancelled(self, sid: int, iid: int, job: _Job, ms: float, *, coalesced: bool = False) -> None:
+        """Count and log a decode that was dropped: stale, or `coalesced` with a fresher one before it ran."""
+        assert self._loop is not None
+        self.summary.cancelled += 1
+        record = {
+            "event": "DecodeCancelled",
+            "stream_id": sid,
+            "image_id": iid,
+            "reason": job.reason,
+            "layers": job.layers.present(),
+            "decode_ms": round(ms, 2),
+        }
+        if coalesced:
+            record["coalesced"] = True
+        self._write(record, self._loop.time())
 
     def _decode(self, layers: LayerSet, stop: threading.Event) -> tuple[np.ndarray | None, float, str | None]:
         t = time.perf_counter()

@@ -125,6 +125,11 @@ class WirePacket:
     shares: tuple[tuple[LayerKind, int, int], ...] = ()
 
 
+def bundle_families(fec: FecPolicy, order: Sequence[str]) -> list[str]:
+    """The families, in `order`, whose layers may be bundled: those the FEC policy gives no repairs."""
+    return [f for f in order if fec.ratio(f) == 0]
+
+
 def plan_packets(
     img: EncodedImage,
     *,
@@ -143,7 +148,7 @@ def plan_packets(
     """
     if key is not None and next_sequence is None:
         raise InputError("a keyed stream needs sequence numbers (replay defence): pass next_sequence")
-    families = [f for f in order if fec.ratio(f) == 0] if bundle else []
+    families = bundle_families(fec, order) if bundle else []
     data = framing.packetize(
         img, mtu=mtu, order=order, header_every_layer=header_every_layer, keyed=key is not None, bundle=families
     )
@@ -159,13 +164,15 @@ def plan_packets(
             repair = not p.bundle and p.fragment_index >= k
             wire = framing.encode_packet(p, key=key)
             if p.bundle:
-                parts = [(framing.bundled_kind(b), b) for b in p.bundle]
-                shares = [(kind, len(b.units), b.ByteSize()) for kind, b in parts]
+                parts = [(framing.bundled_kind(b), len(b.units)) for b in p.bundle]
             else:
-                shares = [(LayerKind(p.kind), 0 if repair else len(p.payload), 0)]
-            kind, payload, wire_share = shares[0]
-            shares[0] = (kind, payload, wire_share + len(wire) - sum(s[2] for s in shares))
-            out.append(WirePacket(wire, kind.family, kind, repair, sum(s[1] for s in shares), tuple(shares)))
+                parts = [(LayerKind(p.kind), 0 if repair else len(p.payload))]
+            shares = tuple(
+                (kind, payload, share)
+                for (kind, payload), share in zip(parts, framing.wire_shares(p, len(wire)), strict=True)
+            )
+            kind = shares[0][0]
+            out.append(WirePacket(wire, kind.family, kind, repair, sum(s[1] for s in shares), shares))
     return out
 
 
@@ -204,7 +211,7 @@ class SendSession:
         self.fec = fec if fec is not None else self.profile.fec
         self.bundle = self.profile.bundle if bundle is None else bundle
         lossy = link_model is not None and (link_model.loss > 0 or link_model.p_good_to_bad > 0)
-        first = next((f for f in order if self.fec.ratio(f) == 0), None)
+        first = next(iter(bundle_families(self.fec, order)), None)
         if self.bundle and lossy and first not in set(reliable_families):
             self.bundle = False  # see the docstring: bundles only ride a class that loses nothing
         if not 0 <= stream_id < 2**32:
@@ -261,7 +268,7 @@ class SendSession:
             order=self.order,
             header_every_layer=self.profile.header_every_layer,
             keyed=self.key is not None,
-            bundle=[f for f in self.order if self.fec.ratio(f) == 0],
+            bundle=bundle_families(self.fec, self.order),
         )
         return len(packets) == 1 and len(packets[0].bundle) == len(encoded.layers)
 

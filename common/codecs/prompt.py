@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from layercast.common import limits
 from layercast.common.codecs.prompt_ctx import shipped_model
@@ -47,18 +47,24 @@ class Utf8PromptCodec(LayerCodec):
         return EncodedLayer(LayerKind.SEMANTIC, desc, [t.encode("utf-8", "surrogatepass") for t in texts])
 
     def decompress(self, descriptor: pb.LayerDescriptor, units: Sequence[bytes | None]) -> Prompt:
-        texts: list[str | None] = []
-        for u in units:
-            if u is None:
-                texts.append(None)
-                continue
-            if len(u) > limits.MAX_PROMPT_BYTES:
-                raise CodecError(f"prompt unit of {len(u)} bytes exceeds {limits.MAX_PROMPT_BYTES}")
-            try:
-                texts.append(u.decode("utf-8", "surrogatepass"))
-            except UnicodeDecodeError as exc:
-                raise CodecError(f"prompt unit is not valid UTF-8: {exc}") from exc
-        return units_to_prompt(texts)
+        return _decode_texts(units, bytes, "prompt unit is not valid UTF-8")
+
+
+def _decode_texts(units: Sequence[bytes | None], to_utf8: Callable[[bytes], bytes], corrupt: str) -> Prompt:
+    """The prompt of decoded units (a missing unit stays None): each unit checked against the size limit,
+    turned into UTF-8 bytes by `to_utf8`, then into text; CodecError `corrupt: ...` when it is not UTF-8."""
+    texts: list[str | None] = []
+    for u in units:
+        if u is None:
+            texts.append(None)
+            continue
+        if len(u) > limits.MAX_PROMPT_BYTES:
+            raise CodecError(f"prompt unit of {len(u)} bytes exceeds {limits.MAX_PROMPT_BYTES}")
+        try:
+            texts.append(to_utf8(u).decode("utf-8", "surrogatepass"))
+        except UnicodeDecodeError as exc:
+            raise CodecError(f"{corrupt}: {exc}") from exc
+    return units_to_prompt(texts)
 
 
 def _check_units(descriptor: pb.LayerDescriptor, units: Sequence[bytes | None]) -> None:
@@ -99,19 +105,7 @@ class CtxPromptCodec(LayerCodec):
                 f"{model.version}; decode it with a layercast release that ships model {version}"
             )
         _check_units(descriptor, units)
-        texts: list[str | None] = []
-        for u in units:
-            if u is None:
-                texts.append(None)
-                continue
-            if len(u) > limits.MAX_PROMPT_BYTES:
-                raise CodecError(f"prompt unit of {len(u)} bytes exceeds {limits.MAX_PROMPT_BYTES}")
-            raw = model.decode(u)
-            try:
-                texts.append(raw.decode("utf-8", "surrogatepass"))
-            except UnicodeDecodeError as exc:
-                raise CodecError(f"prompt unit does not decode to UTF-8 text (corrupt): {exc}") from exc
-        return units_to_prompt(texts)
+        return _decode_texts(units, model.decode, "prompt unit does not decode to UTF-8 text (corrupt)")
 
 
 def compress_prompt(prompt: Prompt) -> EncodedLayer:
