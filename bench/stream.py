@@ -90,7 +90,7 @@ async def _link_run(images: Sequence[Any], seed: int) -> dict[str, Any]:
         await rx.finish()
     first, full = [], []
     for rep in reports:
-        rec = rx.records.get((rep.stream_id, rep.image_id))
+        rec = rx.records.get((str(rep.stream_id), rep.image_id))
         if rec is None:
             continue
         if rec.first_stage is not None:

@@ -52,6 +52,11 @@ class AuthError(BitstreamError):
     """A packet failed authentication (forged, wrong key) or was replayed."""
 
 
+class StreamMismatchError(BitstreamError):
+    """A packet's stream id is not the one of the camera its transport says it came from (another
+    camera's topic or connection)."""
+
+
 class EditError(LayercastError):
     """An edit cannot be applied to this stream (missing layer, out-of-range cell, bad colour)."""
 

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -19,19 +20,42 @@ from urllib.parse import urlsplit
 
 from layercast.common.errors import InputError
 
+PASSWORD_ENV = "LAYERCAST_MQTT_PASSWORD"
+DEFAULT_SESSION_EXPIRY = 86400
+"""Seconds a broker keeps a receiver's session (and queues its messages) while it is away."""
+"""Environment variable with the MQTT password (used when neither --password-file nor the URL gives one)."""
+
 SAMPLES = Path(__file__).resolve().parent / "samples"
 """The sample images `layercast demo` streams by default."""
 
 SEND_EPILOG = """\
 destinations:
   webrtc://HOST:PORT                a `layercast receive --on webrtc://:PORT` (HTTP offer/answer signalling)
-  mqtt://[USER:PASS@]BROKER[:PORT]/PREFIX/STREAM   an MQTT 5 broker (topics PREFIX/STREAM/<layer>)
+  mqtt://[USER@]BROKER[:PORT]/PREFIX/CAMERA   an MQTT 5 broker (topics PREFIX/CAMERA/<layer>); URL options:
+                                    ?qos=1,0,0&expiry=60,30,30&tls=1&ca=FILE&cert=FILE&key=FILE&insecure=1
+                                    &client_id=ID&keepalive=30&session_expiry=S&reconnect=0
   file:PATH, file:-                 a .lcs container file, or stdout
 
+camera identity:
+  A camera is named by the MQTT topic level (or --camera); receivers file its images under
+  OUT/<camera>/<image>/ and refuse packets that arrive on another camera's topic.
+
+service (store and forward):
+  --watch DIR --spool DIR runs until stopped (SIGTERM/Ctrl-C): new image files in DIR (settled for
+  --settle seconds; write-then-rename is best) are encoded into the durable outbox in --spool and sent
+  oldest first; an image leaves the outbox only when the broker acknowledged it. Broker or network
+  outages, and a kill of this process, lose nothing and re-send nothing acknowledged. Backlog and
+  counters: --json lines on stdout, log lines on stderr, SPOOL/status.json. Without --watch, --spool
+  makes a one-shot send durable (exit 3 when images stay queued after --timeout of failing link).
+
+passwords (never only in the URL: it shows in `ps`):
+  --password-file FILE, else the URL's password, else $LAYERCAST_MQTT_PASSWORD.
+
 examples:
-  layercast send photo.png --to file:photo.lcs
-  layercast send imgs/ --to webrtc://10.0.0.2:8443 --link webrtc
-  layercast send imgs/ --to mqtt://broker:1883/layercast/cam1 --key @cam1.key
+  layercast send photo.png --to file:photo.lcs --camera cam1
+  layercast send imgs/ --to webrtc://10.0.0.2:8443 --link webrtc --camera cam1
+  layercast send imgs/ --to mqtt://cam1@broker:1883/layercast/cam1 --password-file cam1.pw --key @cam1.key
+  layercast send --watch /srv/incoming --spool /var/lib/layercast/spool --to mqtt://cam1@broker/layercast/cam1
   layercast send imgs/ --to webrtc://127.0.0.1:8443 --link sbd --loss 5% --delay 300ms --rate 9600
   layercast send photo.png --to file:- | layercast receive --on file:- --out out/
 """
@@ -39,10 +63,17 @@ examples:
 RECEIVE_EPILOG = """\
 sources:
   webrtc://[HOST]:PORT              serve HTTP signalling (POST /offer) for any number of senders
-  mqtt://[USER:PASS@]BROKER[:PORT]/PREFIX[/STREAM]   subscribe to PREFIX/+/+ (or one stream)
+  mqtt://[USER@]BROKER[:PORT]/PREFIX[/CAMERA]   subscribe to PREFIX/+/+ (or one camera, or cam1,cam2);
+                                    ?group=G shares the work among receivers (MQTT 5 shared subscription);
+                                    ?client_id=ID&session_expiry=S keep a persistent session (default:
+                                    client id layercast-rx-<host>-<out hash>, 86400 s; session_expiry=0
+                                    for a clean session)
   file:PATH, file:-                 read a .lcs container, or stdin
 
-outputs: OUT/<stream>/<image>/stage-<n>.png (progressive), OUT/<stream>/<image>/final.png, OUT/events.jsonl
+outputs: OUT/<camera>/<image>/stage-<n>.png (progressive), OUT/<camera>/<image>/final.png, OUT/events.jsonl
+  <camera> is the MQTT topic's camera, the WebRTC sender's --camera, or --camera here; else the stream id.
+  Delivery: an MQTT message is acknowledged only once its image's final.png is written, and an image
+  whose final.png exists is not taken again (duplicates are counted), so a killed receiver loses nothing.
 
 examples:
   layercast receive --on webrtc://:8443 --out out/ --web 8080      live view on http://127.0.0.1:8080/
@@ -120,7 +151,7 @@ def _add_link_options(
 
 def add_parsers(sub: Any) -> None:
     """Add `send`, `receive` and `demo` to the `layercast` subcommands."""
-    from layercast.cli import add_decoder_options, add_encode_options
+    from layercast.cli import add_decoder_options, add_encode_options, add_fallback_option
 
     fmt = argparse.RawDescriptionHelpFormatter
     s = sub.add_parser(
@@ -130,7 +161,7 @@ def add_parsers(sub: Any) -> None:
         formatter_class=fmt,
         description="Encode images and send their layers over a link.",
     )
-    s.add_argument("inputs", nargs="+", metavar="IMG", help="image files or folders")
+    s.add_argument("inputs", nargs="*", metavar="IMG", help="image files or folders (or --watch DIR)")
     s.add_argument(
         "--to",
         required=True,
@@ -138,14 +169,26 @@ def add_parsers(sub: Any) -> None:
         help="webrtc://HOST:PORT, mqtt://BROKER/PREFIX/STREAM, file:PATH or file:-",
     )
     s.add_argument("--key", help="sender key: hex digits, or @FILE (packets are then authenticated)")
-    s.add_argument("--stream-id", type=int, default=0, help="stream (camera) id carried in packets (default 0)")
+    s.add_argument(
+        "--camera",
+        metavar="NAME",
+        help="this camera's name (A-Z a-z 0-9 . _ -); MQTT: default the URL's last level, which it must equal",
+    )
     s.add_argument(
         "--first-image-id",
         default="auto",
         help="id of the first image: a number, or auto (from the clock, so a restarted sender "
-        "is not mistaken for a repeat; file: destinations start at 0)",
+        "is not mistaken for a repeat; file: destinations start at 0; a --spool keeps its own count)",
     )
     s.add_argument("--timeout", type=float, default=30.0, help="seconds to connect / per send (default 30)")
+    svc = s.add_argument_group("service (store and forward; see below)")
+    svc.add_argument("--watch", metavar="DIR", help="run as a service: send every new image file that appears in DIR")
+    svc.add_argument("--spool", metavar="DIR", help="durable outbox (required with --watch; one per camera)")
+    svc.add_argument("--poll", type=float, default=1.0, metavar="S", help="seconds between scans of DIR (default 1)")
+    svc.add_argument(
+        "--settle", type=float, default=1.0, metavar="S", help="take a file once unmodified for S seconds (default 1)"
+    )
+    s.add_argument("--password-file", metavar="FILE", help="MQTT password from this file (first line)")
     _add_link_options(s, link=None, loss=None, delay=None, rate=None)
     add_encode_options(s)
     s.add_argument("--json", action="store_true", help="print JSON")
@@ -165,6 +208,13 @@ def add_parsers(sub: Any) -> None:
     )
     r.add_argument("--out", required=True, help="output folder (stages, final images, events.jsonl)")
     add_decoder_options(r)
+    add_fallback_option(r)
+    r.add_argument(
+        "--camera",
+        metavar="NAME",
+        help="file: and WebRTC: the camera the packets come from when the sender names none (packets must match)",
+    )
+    r.add_argument("--password-file", metavar="FILE", help="MQTT password from this file (first line)")
     r.add_argument("--key", help="sender key (hex or @FILE), or @FILE of 'STREAM_ID HEXKEY' lines")
     r.add_argument(
         "--web",
@@ -272,9 +322,74 @@ def _make_decoder(args: argparse.Namespace) -> tuple[Any, str | None]:
         raise InputError(f"the {args.decoder} decoder is not available in this installation: {exc}") from None
 
 
+def read_password(args: argparse.Namespace, url_password: str | None) -> str | None:
+    """The MQTT password: --password-file (first line), else the URL's, else $LAYERCAST_MQTT_PASSWORD."""
+    path = getattr(args, "password_file", None)
+    if path:
+        if url_password is not None:
+            raise InputError("the password is given twice (URL and --password-file): keep it in the file only")
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise InputError(f"cannot read --password-file {path}: {exc.strerror or exc}") from None
+        if not lines or not lines[0]:
+            raise InputError(f"--password-file {path} is empty")
+        return lines[0]
+    if url_password is not None:
+        return url_password
+    return os.environ.get(PASSWORD_ENV) or None
+
+
+def mqtt_config(url: str, args: argparse.Namespace) -> Any:
+    """The MqttConfig (receive role) of `url` with the password resolved by `read_password`."""
+    from dataclasses import replace
+
+    from layercast.common.transport.mqtt import MqttConfig
+
+    cfg = MqttConfig.from_url(url, role="receive")
+    return replace(cfg, password=read_password(args, cfg.password))
+
+
+def receiver_mqtt_config(url: str, args: argparse.Namespace) -> Any:
+    """A receiver's MqttConfig: persistent session by default (client id from host and output folder,
+    86400 s expiry, unless the URL sets them), QoS 1 messages acknowledged once their image is written."""
+    import hashlib
+    import socket
+    from dataclasses import replace
+
+    cfg = mqtt_config(url, args)
+    query = urlsplit(url).query
+    changes: dict[str, Any] = {"manual_ack": True}
+    if "client_id=" not in query:
+        host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:32]
+        digest = hashlib.sha256(str(Path(args.out).resolve()).encode()).hexdigest()[:8]
+        changes["client_id"] = f"layercast-rx-{host}-{digest}"
+    if "session_expiry=" not in query:
+        changes["session_expiry"] = DEFAULT_SESSION_EXPIRY
+    return replace(cfg, **changes)
+
+
+def send_camera(url: str, args: argparse.Namespace) -> str | None:
+    """The sending camera's name: --camera, or (MQTT) the URL's last level, which must agree."""
+    from layercast.common.identity import check_camera_name
+
+    camera = check_camera_name(args.camera) if args.camera else None
+    if _scheme(url) != "mqtt":
+        return camera
+    from layercast.common.transport.mqtt import MqttConfig
+
+    level = MqttConfig.from_url(url, role="receive").stream
+    level = None if level == "+" else level
+    if camera and level and camera != level:
+        raise InputError(f"--camera {camera} differs from the URL's camera {level!r}: the topic names the camera")
+    if not (camera or level):
+        raise InputError(f"name the camera: {url.rstrip('/')}/CAMERA, or --camera NAME (topics PREFIX/CAMERA/<layer>)")
+    return camera or level
+
+
 @contextlib.asynccontextmanager
-async def open_send_transport(url: str, args: argparse.Namespace) -> AsyncIterator[Any]:
-    """The transport a `send --to URL` writes to (connected)."""
+async def open_send_transport(url: str, args: argparse.Namespace, camera: str | None = None) -> AsyncIterator[Any]:
+    """The transport a `send --to URL` writes to (connected), as `camera`."""
     scheme = _scheme(url)
     if scheme == "file":
         from layercast.common.transport.file import FileTransport
@@ -283,14 +398,17 @@ async def open_send_transport(url: str, args: argparse.Namespace) -> AsyncIterat
     elif scheme == "webrtc":
         from layercast.common.transport.signalling import connect_webrtc
 
-        transport = await connect_webrtc(url, timeout=args.timeout)
+        transport = await connect_webrtc(url, timeout=args.timeout, camera=camera or "")
         yield transport
     else:
-        from layercast.common.transport.mqtt import MqttConfig, MqttTransport
+        from layercast.common.transport.mqtt import MqttTransport
 
-        cfg = MqttConfig.from_url(url, role="receive")
-        stream = cfg.stream if cfg.stream != "+" else str(args.stream_id)
-        yield MqttTransport(cfg.with_role("send", stream), default_timeout=args.timeout)
+        cfg = mqtt_config(url, args)
+        yield MqttTransport(
+            cfg.with_role("send", camera or cfg.stream),
+            default_timeout=args.timeout,
+            offline_start=bool(getattr(args, "spool", None)),  # a service waits for its broker
+        )
 
 
 def _emit(args: argparse.Namespace, doc: dict[str, Any], lines: Sequence[str]) -> None:
@@ -307,20 +425,56 @@ def _emit(args: argparse.Namespace, doc: dict[str, Any], lines: Sequence[str]) -
 def cmd_send(args: argparse.Namespace) -> int:
     from layercast.cli import collect_images
 
-    paths = collect_images(args.inputs)
+    if not args.inputs and not args.watch:
+        raise InputError("give image files or folders to send, or --watch DIR to run as a service")
+    if args.watch and not args.spool:
+        raise InputError("--watch needs --spool DIR: the durable outbox that keeps images until acknowledged")
+    if args.spool and _scheme(args.to) != "mqtt":
+        raise InputError(
+            "--spool and --watch store and forward over MQTT (a broker holds what receivers cannot take yet);"
+            " WebRTC and file: destinations send directly"
+        )
+    if args.watch and not Path(args.watch).is_dir():
+        raise InputError(f"--watch {args.watch}: no such folder")
+    paths = collect_images(args.inputs) if args.inputs else []
     return asyncio.run(_send(args, paths))
 
 
-async def _send(args: argparse.Namespace, paths: list[Path]) -> int:
+def _send_session(args: argparse.Namespace, transport: Any, camera: str | None, first: int) -> Any:
     from layercast.common.transport.webrtc import WebRTCConfig
     from layercast.sender.link import get_profile
-    from layercast.sender.session import SendSession, clock_image_id
+    from layercast.sender.session import SendSession
 
     scheme = _scheme(args.to)
-    profile = get_profile(args.link or scheme)
     key = load_key_arg(args.key)
     if key is not None and not isinstance(key, bytes):
         raise InputError("a sender takes one key (hex or @FILE with one key), not a key ring")
+    reliable = (
+        [f for f in ("semantic", "structure", "texture") if WebRTCConfig().policy(f).reliable]
+        if scheme == "webrtc"
+        else []
+    )
+    return SendSession(
+        transport,
+        profile=get_profile(args.link or scheme),
+        fec=fec_from_args(args.fec),
+        key=key,
+        camera=camera,
+        order=args.order,
+        rate_bps=args.rate,
+        link_model=link_model_from_args(args),
+        reliable_families=reliable,
+        first_image_id=first,
+        bundle=args.bundle,
+        send_timeout=args.timeout,
+    )
+
+
+async def _send(args: argparse.Namespace, paths: list[Path]) -> int:
+    from layercast.common.identity import clock_image_id
+
+    scheme = _scheme(args.to)
+    camera = send_camera(args.to, args)
     if args.first_image_id == "auto":
         first = 0 if scheme == "file" else clock_image_id()
     else:
@@ -328,28 +482,13 @@ async def _send(args: argparse.Namespace, paths: list[Path]) -> int:
             first = int(args.first_image_id)
         except ValueError:
             raise InputError(f"--first-image-id must be a number or auto, got {args.first_image_id!r}") from None
-    reliable = (
-        [f for f in ("semantic", "structure", "texture") if WebRTCConfig().policy(f).reliable]
-        if scheme == "webrtc"
-        else []
-    )
+    if args.spool:
+        assert camera is not None
+        return await _send_spooled(args, paths, camera)
     failures: list[dict[str, str]] = []
     t0 = time.perf_counter()
-    async with open_send_transport(args.to, args) as transport:
-        session = SendSession(
-            transport,
-            profile=profile,
-            fec=fec_from_args(args.fec),
-            key=key,
-            stream_id=args.stream_id,
-            order=args.order,
-            rate_bps=args.rate,
-            link_model=link_model_from_args(args),
-            reliable_families=reliable,
-            first_image_id=first,
-            bundle=args.bundle,
-            send_timeout=args.timeout,
-        )
+    async with open_send_transport(args.to, args, camera) as transport:
+        session = _send_session(args, transport, camera, first)
         async with session:
             reports = await session.send_paths(
                 paths,
@@ -360,9 +499,10 @@ async def _send(args: argparse.Namespace, paths: list[Path]) -> int:
     elapsed = time.perf_counter() - t0
     doc = {
         "to": args.to,
-        "link": profile.name,
+        "link": session.profile.name,
         "bundle": session.bundle,
-        "stream_id": args.stream_id,
+        "camera": camera,
+        "stream_id": session.stream_id,
         "images": [r.to_dict() for r in reports],
         "failed": failures,
         "packets": sum(r.packets for r in reports),
@@ -386,6 +526,76 @@ async def _send(args: argparse.Namespace, paths: list[Path]) -> int:
     return 1 if failures else 0
 
 
+def _print_service_event(doc: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(doc), flush=True)
+        return
+    name = doc["event"]
+    detail = {
+        "queued": lambda: f"queued {doc.get('source')} as image {doc.get('image_id')}",
+        "sent": lambda: f"sent image {doc.get('image_id')} ({doc.get('source')}), acknowledged",
+        "failed": lambda: f"skipped {doc.get('source')}: {doc.get('error')}",
+        "link_down": lambda: f"link down ({doc.get('error')}); retrying in {doc.get('retry_s')} s",
+    }.get(name, lambda: name)()
+    print(f"layercast send [{doc['camera']}]: {detail}; backlog {doc['backlog']}", file=sys.stderr, flush=True)
+
+
+async def _send_spooled(args: argparse.Namespace, paths: list[Path], camera: str) -> int:
+    """`send --spool` (one-shot, durable) and `send --watch --spool` (a service until SIGTERM)."""
+    import signal
+
+    from layercast.sender.service import SpoolService
+    from layercast.sender.spool import Spool
+
+    spool = Spool(args.spool, camera=camera)
+    try:
+        t0 = time.perf_counter()
+        async with open_send_transport(args.to, args, camera) as transport:
+            session = _send_session(args, transport, camera, 0)
+            service = SpoolService(
+                session,
+                spool,
+                encode=lambda p: session.encode_file(p, args),
+                watch=Path(args.watch) if args.watch else None,
+                poll_s=args.poll,
+                settle_s=args.settle,
+                on_event=lambda doc: _print_service_event(doc, args.json),
+            )
+            await session.__aenter__()
+            try:
+                if args.watch:
+                    stop = asyncio.Event()
+                    loop = asyncio.get_running_loop()
+                    for sig in (signal.SIGTERM, signal.SIGINT):
+                        loop.add_signal_handler(sig, stop.set)
+                    await service.run(stop)
+                    left = spool.backlog
+                else:
+                    left = await service.run_once(paths, give_up_s=args.timeout)
+            finally:
+                await session.__aexit__(None, None, None)
+        doc = {
+            "event": "summary",
+            "camera": camera,
+            "to": args.to,
+            "spool": str(spool.root),
+            "sent": service.stats.sent,
+            "failed": service.stats.failed,
+            "backlog": left,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+    finally:
+        spool.close()
+    if args.json:
+        print(json.dumps(doc), flush=True)
+    else:
+        print(
+            f"sent {doc['sent']} image(s) to {args.to}; {doc['failed']} failed; {left} left in {spool.root}",
+            file=sys.stderr,
+        )
+    return 3 if left else (1 if service.stats.failed else 0)
+
+
 # --- receive -------------------------------------------------------------------------------------------
 
 
@@ -394,11 +604,19 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
 
 async def _receive(args: argparse.Namespace) -> int:
+    from layercast.cli import make_receive_decoder
+    from layercast.common.identity import check_camera_name
     from layercast.receiver.session import ReceiveSession, Stage
     from layercast.receiver.web import LiveView
 
     scheme = _scheme(args.on)
-    decoder, warning = _make_decoder(args)
+    camera = check_camera_name(args.camera) if args.camera else None
+    if camera and scheme == "mqtt":
+        raise InputError("--camera is for file: and WebRTC sources; on MQTT the topic names each camera")
+    try:
+        decoder, warning = make_receive_decoder(args)
+    except ImportError as exc:
+        raise InputError(f"the {args.decoder} decoder is not available in this installation: {exc}") from None
     if warning:
         print(f"layercast: warning: {warning}", file=sys.stderr)
     out = Path(args.out)
@@ -413,7 +631,7 @@ async def _receive(args: argparse.Namespace) -> int:
             lacking = [f"{f} partial" for f in stage.partial] + [f"{f} lost" for f in stage.missing]
             state = "complete" if stage.complete else ", ".join(lacking)
             print(
-                f"stream {stage.stream_id} image {stage.image_id}: {stage.index} stage(s), "
+                f"camera {stage.camera} image {stage.image_id}: {stage.index} stage(s), "
                 f"{'+'.join(stage.layers) or 'no layers'}, {state} -> {stage.path}",
                 flush=True,
             )
@@ -429,15 +647,19 @@ async def _receive(args: argparse.Namespace) -> int:
         if scheme == "file":
             from layercast.common.transport.file import FileTransport
 
-            rx.add_transport(FileTransport(_file_path(args.on), "r"), "file")
+            rx.add_transport(FileTransport(_file_path(args.on), "r"), "file", camera=camera)
         elif scheme == "mqtt":
             from layercast.common.transport.mqtt import MqttTransport
 
-            transport = MqttTransport.from_url(args.on, role="receive")
+            transport = MqttTransport(receiver_mqtt_config(args.on, args), offline_start=True)
             await stack.enter_async_context(transport)
             rx.add_transport(transport, "mqtt")
             until_closed = False
-            listening = f"subscribed to {', '.join(transport.config.subscriptions())} on {transport.where}"
+            cfg = transport.config
+            listening = (
+                f"subscribed to {', '.join(cfg.subscriptions())} on {transport.where} as client {cfg.client_id}"
+                f" (session kept {cfg.session_expiry} s)"
+            )
         else:
             from layercast.common.transport.signalling import WebRTCServer
 
@@ -448,7 +670,11 @@ async def _receive(args: argparse.Namespace) -> int:
                 raise InputError(f"bad port in {args.on!r}: {exc}") from None
             if port is None:
                 raise InputError(f"{args.on!r} needs a port: webrtc://:8443 or webrtc://0.0.0.0:8443")
-            server = WebRTCServer(parts.hostname or "0.0.0.0", port, on_transport=rx.serve_transport)
+
+            async def serve(t: Any) -> None:
+                await rx.serve_transport(t, camera=t.camera or camera)
+
+            server = WebRTCServer(parts.hostname or "0.0.0.0", port, on_transport=serve)
             if view is not None and args.web == port:
                 server.add_routes(view.routes())
                 view = None
@@ -538,7 +764,7 @@ async def _demo(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t_start
     rows: list[dict[str, Any]] = []
     for rep in reports:
-        rec = rx.records.get((rep.stream_id, rep.image_id))
+        rec = rx.records.get((str(rep.stream_id), rep.image_id))
         layers: dict[str, Any] = {}
         for fam in ("semantic", "structure", "texture"):
             arr = rec.layers.get(fam) if rec else None

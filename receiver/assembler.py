@@ -6,26 +6,37 @@
     t = asm.next_timer()                          # call handle_timer(t) when the clock reaches it
     asm.finish_all(now)                           # end of stream: every open image yields ImageReady
 
-Per (stream, image) it verifies (CRC, auth + replay window when keyed), drops duplicates, recovers
-lost fragments with FEC, rebuilds units, decodes each layer with its registered codec (a partial layer
-where the codec allows it, e.g. an edge map with a `known` mask) and emits the events of
-`receiver.events`. Every image that got a packet yields exactly one ImageReady: when its expected layer
-families are complete, or `image_timeout` seconds after its last packet (at most `max_image_age` after
-its first), or when `max_images` newer images push it out. Memory is bounded by `max_images` x
-`max_bytes_per_image` plus the decoded values.
+Images are keyed by (camera, image id): `receive(data, now, camera=...)` names the camera the
+transport says the packet came from (MQTT topic level, WebRTC offer); the packet's `stream_id` must
+then equal `common.identity.camera_id(camera)` (else a counted StreamMismatchError reject). Without a
+camera the packet is filed under its decimal stream id. Per image it verifies (CRC, auth + replay
+window when keyed), drops duplicates, recovers lost fragments with FEC, rebuilds units, decodes each
+layer with its registered codec (a partial layer where the codec allows it, e.g. an edge map with a
+`known` mask) and emits the events of `receiver.events`. Every image that got a packet yields exactly
+one ImageReady: when its expected layer families are complete, or `image_timeout` seconds after its
+last packet (at most `max_image_age` after its first), or when `max_images` newer images push it out.
+Memory is bounded by `max_images` x `max_bytes_per_image` plus the decoded values.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from layercast.common import limits
-from layercast.common.errors import AuthError, BitstreamError, CodecError, LayercastError, LimitError
+from layercast.common.errors import (
+    AuthError,
+    BitstreamError,
+    CodecError,
+    LayercastError,
+    LimitError,
+    StreamMismatchError,
+)
 from layercast.common.fec import BLOCK_HEADER, FEC_ZFEC, ZFEC_MAX_BLOCKS, block_size, recover
+from layercast.common.identity import camera_id, stream_label
 from layercast.common.registry import decode_layer
 from layercast.common.replay import KeyRing, ReplayWindow, as_keyring
 from layercast.common.types import DEFAULT_ORDER, LayerKind, LayerSet
@@ -76,6 +87,7 @@ class _Image:
     image_id: int
     first: float
     last: float
+    camera: str = ""
     header: pb.ImageHeader | None = None
     layers: dict[int, _Layer] = field(default_factory=dict)
     nbytes: int = 0
@@ -90,7 +102,9 @@ class Assembler:
     `expected_families`: the layer families that make an image complete (used until the bitstream's
     ImageHeader carries a `layer_count`; then that count decides).
     `partial_interval`: least time between two partial decodes of one layer (later units are decoded
-    at the next timer).
+    at the next timer). `already_done(camera, image_id)`: asked once when a packet would open a new
+    image; True means that image was finished before (e.g. its output exists from an earlier run), so
+    the packet is dropped as a duplicate (counted in `stats["done_before"]`).
     """
 
     def __init__(
@@ -107,6 +121,7 @@ class Assembler:
         replay_window: int = 64,
         max_streams: int = 1024,
         max_finished: int = 4096,
+        already_done: Callable[[str, int], bool] | None = None,
     ) -> None:
         if not image_timeout > 0:
             raise ValueError("image_timeout must be positive")
@@ -123,14 +138,30 @@ class Assembler:
         self.replay_window = replay_window
         self.max_streams = max_streams
         self.max_finished = max_finished
-        self._images: OrderedDict[tuple[int, int], _Image] = OrderedDict()
-        self._finished: OrderedDict[tuple[int, int], None] = OrderedDict()
-        self._windows: OrderedDict[int, ReplayWindow] = OrderedDict()
+        self.already_done = already_done
+        self._images: OrderedDict[tuple[str, int], _Image] = OrderedDict()
+        self._finished: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._windows: OrderedDict[str, ReplayWindow] = OrderedDict()
+        self.last_key: tuple[str, int] | None = None
+        """(camera, image id) of the image the last packet given to `receive` went into; None when that
+        packet was rejected or belonged to an image already finished."""
         self.stats: dict[str, int] = dict.fromkeys(
-            ("packets", "accepted", "rejected", "duplicate", "redundant", "late", "recovered", "images"), 0
+            (
+                "packets",
+                "accepted",
+                "rejected",
+                "duplicate",
+                "redundant",
+                "late",
+                "done_before",
+                "recovered",
+                "images",
+            ),
+            0,
         )
         """Counters: packets seen, accepted, rejected, duplicates dropped, redundant (layer already
-        complete), late (image already finished), fragments recovered by FEC, images finished."""
+        complete), late (image already finished), done_before (image finished in an earlier run, see
+        `already_done`), fragments recovered by FEC, images finished."""
 
     # --- public API -----------------------------------------------------------------------------------
 
@@ -138,33 +169,43 @@ class Assembler:
     def images_in_flight(self) -> int:
         return len(self._images)
 
-    def receive(self, data: bytes, now: float) -> list[Event]:
-        """Process one packet's wire bytes received at `now`; returns the events it caused."""
+    def receive(self, data: bytes, now: float, *, camera: str | None = None) -> list[Event]:
+        """Process one packet's wire bytes received at `now` from `camera` (None: the transport names
+        no camera; the packet is filed under its stream id); returns the events it caused."""
         self.stats["packets"] += 1
+        self.last_key = None
         try:
-            p = self._authenticate(data)
+            p = self._authenticate(data, camera)
         except LayercastError as exc:
-            return [self._reject(None, None, exc, now)]
+            return [self._reject(None, None, exc, now, camera or "")]
         sid, iid = p.stream_id, p.image_id
-        if (sid, iid) in self._finished:
+        cam = camera if camera is not None else stream_label(sid)
+        key = (cam, iid)
+        if key in self._finished:
             self.stats["late"] += 1
             return []
         events: list[Event] = []
-        img = self._images.get((sid, iid))
+        img = self._images.get(key)
         if img is None:
+            if self.already_done is not None and self.already_done(cam, iid):
+                self.stats["done_before"] += 1
+                self._remember_finished(key)
+                return []
             while len(self._images) >= self.max_images:
                 events += self._finish(next(iter(self._images.values())), now)
-            img = self._images[(sid, iid)] = _Image(sid, iid, first=now, last=now)
+            img = self._images[key] = _Image(sid, iid, first=now, last=now, camera=cam)
         img.last = max(img.last, now)
         for q, nbytes in zip(unbundle(p), wire_shares(p, len(data)), strict=True):
             try:
                 events += self._add(img, q, nbytes, now)
             except LayercastError as exc:
-                events.append(self._reject(sid, iid, exc, now))
-            if (sid, iid) in self._finished:
+                events.append(self._reject(sid, iid, exc, now, cam))
+            if key in self._finished:
                 break
         if not img.layers and img.header is None:
-            self._images.pop((sid, iid), None)  # a rejected first packet does not open an image
+            self._images.pop(key, None)  # a rejected first packet does not open an image
+        elif key in self._images or key in self._finished:
+            self.last_key = key
         return events
 
     def next_timer(self) -> float | None:
@@ -195,10 +236,10 @@ class Assembler:
 
     # --- packet intake --------------------------------------------------------------------------------
 
-    def _authenticate(self, data: bytes) -> pb.Packet:
+    def _authenticate(self, data: bytes, camera: str | None) -> pb.Packet:
         keys = self.keys
         if not keys.keyed:
-            return decode_packet(data)
+            return _check_camera(decode_packet(data), camera)
         if keys.streams:
             sid = decode_packet(data).stream_id  # unauthenticated peek, only to pick the key
             key = keys.key_for(sid)
@@ -206,14 +247,15 @@ class Assembler:
                 raise AuthError(f"no key is configured for stream {sid}")
         else:
             key = keys.default
-        p = decode_packet(data, key=key)
-        window = self._windows.get(p.stream_id)
+        p = _check_camera(decode_packet(data, key=key), camera)
+        wkey = stream_label(p.stream_id)
+        window = self._windows.get(wkey)
         if window is None:
-            window = self._windows[p.stream_id] = ReplayWindow(self.replay_window)
+            window = self._windows[wkey] = ReplayWindow(self.replay_window)
             while len(self._windows) > self.max_streams:
                 self._windows.popitem(last=False)
         else:
-            self._windows.move_to_end(p.stream_id)
+            self._windows.move_to_end(wkey)
         try:
             window.check(p.sequence)
         except AuthError as exc:
@@ -221,11 +263,13 @@ class Assembler:
         window.update(p.sequence)
         return p
 
-    def _reject(self, sid: int | None, iid: int | None, exc: LayercastError, now: float) -> PacketRejected:
+    def _reject(
+        self, sid: int | None, iid: int | None, exc: LayercastError, now: float, camera: str = ""
+    ) -> PacketRejected:
         self.stats["rejected"] += 1
         if isinstance(exc, _Located):
             sid, iid, exc = exc.packet.stream_id, exc.packet.image_id, exc.error
-        return PacketRejected(sid, iid, str(exc), type(exc).__name__, now)
+        return PacketRejected(sid, iid, str(exc), type(exc).__name__, now, camera)
 
     def _add(self, img: _Image, p: pb.Packet, nbytes: int, now: float) -> list[Event]:
         # Check everything first; change state only for a packet that passes.
@@ -280,7 +324,7 @@ class Assembler:
             events += self._progress(img, L, [p] if idx < L.k else [], now)
         except LayercastError as exc:
             self._fail(img, L)
-            events.append(self._reject(img.stream_id, img.image_id, exc, now))
+            events.append(self._reject(img.stream_id, img.image_id, exc, now, img.camera))
         return events
 
     def _new_layer(self, p: pb.Packet) -> _Layer:
@@ -349,7 +393,7 @@ class Assembler:
 
     def _header_changed(self, img: _Image, now: float) -> list[Event]:
         if any(x.value is not None for x in img.layers.values()):
-            return [LayerSetChanged(img.stream_id, img.image_id, self._layerset(img), "header", now)]
+            return [LayerSetChanged(img.stream_id, img.image_id, self._layerset(img), "header", now, img.camera)]
         return []
 
     @staticmethod
@@ -381,9 +425,18 @@ class Assembler:
         layers = self._layerset(img)
         events: list[Event] = [
             LayerComplete(
-                img.stream_id, img.image_id, L.family, L.kind, value, payload, now, L.wire_bytes, L.recovered
+                img.stream_id,
+                img.image_id,
+                L.family,
+                L.kind,
+                value,
+                payload,
+                now,
+                L.wire_bytes,
+                L.recovered,
+                img.camera,
             ),
-            LayerSetChanged(img.stream_id, img.image_id, layers, f"{L.family} complete", now),
+            LayerSetChanged(img.stream_id, img.image_id, layers, f"{L.family} complete", now, img.camera),
         ]
         if self._is_complete(img):
             events += self._finish(img, now, layers)
@@ -411,11 +464,15 @@ class Assembler:
                 value = None  # this codec cannot use a partial layer (or this one)
         missing = tuple(i for i, u in enumerate(units) if u is None)
         events: list[Event] = [
-            LayerPartial(img.stream_id, img.image_id, L.family, missing, value, now, L.kind, len(units))
+            LayerPartial(img.stream_id, img.image_id, L.family, missing, value, now, L.kind, len(units), img.camera)
         ]
         if value is not None:
             L.value = value
-            events.append(LayerSetChanged(img.stream_id, img.image_id, self._layerset(img), f"{L.family} partial", now))
+            events.append(
+                LayerSetChanged(
+                    img.stream_id, img.image_id, self._layerset(img), f"{L.family} partial", now, img.camera
+                )
+            )
         return events
 
     def _fail(self, img: _Image, L: _Layer) -> None:
@@ -434,11 +491,9 @@ class Assembler:
         for L in img.layers.values():
             if not L.complete and not L.failed and (L.partial_due is not None or L.partial_known != L.units_known):
                 events += self._partial(img, L, now)
-        key = (img.stream_id, img.image_id)
+        key = (img.camera, img.image_id)
         del self._images[key]
-        self._finished[key] = None
-        while len(self._finished) > self.max_finished:
-            self._finished.popitem(last=False)
+        self._remember_finished(key)
         self.stats["images"] += 1
         complete_fams = {L.family for L in img.layers.values() if L.complete}
         seen = {L.family for L in img.layers.values()}
@@ -448,8 +503,13 @@ class Assembler:
         complete = self._is_complete(img)
         missing = () if complete else tuple(f for f in self.expected_families if f not in seen)
         layers = layers if layers is not None else self._layerset(img)
-        events.append(ImageReady(img.stream_id, img.image_id, layers, complete, partial, now, missing))
+        events.append(ImageReady(img.stream_id, img.image_id, layers, complete, partial, now, missing, img.camera))
         return events
+
+    def _remember_finished(self, key: tuple[str, int]) -> None:
+        self._finished[key] = None
+        while len(self._finished) > self.max_finished:
+            self._finished.popitem(last=False)
 
     # --- layer sets -----------------------------------------------------------------------------------
 
@@ -488,6 +548,19 @@ def _guess_header(img: _Image) -> pb.ImageHeader:
         return pb.ImageHeader(width=DEFAULT_LONG_SIDE, height=DEFAULT_LONG_SIDE)
     scale = DEFAULT_LONG_SIDE / max(w, h)
     return pb.ImageHeader(width=max(1, round(w * scale)), height=max(1, round(h * scale)))
+
+
+def _check_camera(p: pb.Packet, camera: str | None) -> pb.Packet:
+    """`p`, or StreamMismatchError when a named camera's stream id is not the packet's."""
+    if camera is not None and p.stream_id != camera_id(camera):
+        raise _Located(
+            p,
+            StreamMismatchError(
+                f"packet of stream {p.stream_id} arrived as camera {camera!r}, whose stream id is "
+                f"{camera_id(camera)} (sent by another camera, or the sender's --camera differs)"
+            ),
+        )
+    return p
 
 
 class _Located(LayercastError):

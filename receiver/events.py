@@ -3,7 +3,9 @@
 Per image the assembler emits, in order of arrival: `LayerSetChanged` whenever a new layer value
 becomes available (drives progressive decoding), `LayerComplete` / `LayerPartial` per layer, and
 exactly one `ImageReady` (all expected layers complete, or the image timed out). `PacketRejected`
-reports every packet refused, with the reason. Every event carries `time`, the `now` it happened at.
+reports every packet refused, with the reason. Every event carries `time`, the `now` it happened at,
+and `camera`, the name its image is filed under (`common.identity`): images are keyed by
+(camera, image_id).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class PacketRejected:
     reason: str
     error: str
     time: float
+    camera: str = ""
+    """The camera the image belongs to (see `common.identity`): the key, with `image_id`, of its outputs."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class LayerComplete:
     time: float
     wire_bytes: int = 0
     recovered: int = 0
+    camera: str = ""
+    """The camera the image belongs to (see `common.identity`): the key, with `image_id`, of its outputs."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ class LayerPartial:
     time: float
     kind: LayerKind = LayerKind.SEMANTIC
     unit_count: int = 0
+    camera: str = ""
+    """The camera the image belongs to (see `common.identity`): the key, with `image_id`, of its outputs."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,8 @@ class ImageReady:
     partial_families: tuple[str, ...]
     time: float
     missing_families: tuple[str, ...] = ()
+    camera: str = ""
+    """The camera the image belongs to (see `common.identity`): the key, with `image_id`, of its outputs."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,8 @@ class LayerSetChanged:
     layers: LayerSet
     reason: str
     time: float
+    camera: str = ""
+    """The camera the image belongs to (see `common.identity`): the key, with `image_id`, of its outputs."""
 
 
 Event = PacketRejected | LayerComplete | LayerPartial | ImageReady | LayerSetChanged

@@ -9,11 +9,18 @@ is served by a background task. Each `LayerSetChanged` schedules a decode of tha
 a worker thread (at most `max_decodes` at once, one at a time per image); a decode still running when
 a different (richer) layer set arrives is told to stop through the decoder's `should_stop` and its
 result is dropped, so each stage supersedes the last. `ImageReady` makes the final stage (reusing the
-last one when its layers did not change). Outputs, when `out_dir` is set::
+last one when its layers did not change). Images are keyed by (camera, image id) (see
+`common.identity`): the camera a transport names (MQTT topic level, WebRTC offer, `camera=` of
+`add_transport`) or else the packet's decimal stream id. Outputs, when `out_dir` is set::
 
-    <out>/<stream>/<image>/stage-1.png, stage-2.png, ...   one per decoded stage
-    <out>/<stream>/<image>/final.png                       the last stage of a finished image
+    <out>/<camera>/<image>/stage-1.png, stage-2.png, ...   one per decoded stage
+    <out>/<camera>/<image>/final.png                       the last stage of a finished image
     <out>/events.jsonl                                     every assembler event and stage, one JSON per line
+
+Nothing is taken twice: a packet of an image whose ``final.png`` already exists (written by this or
+an earlier run) is dropped as a duplicate. `feed(..., on_done=...)` calls back once the packet's image
+has its final stage on disk (at once for a rejected or duplicate packet): the MQTT reader acknowledges
+each message only then, so a receiver killed mid-image gets the message again from the broker.
 
 A decoder that fails on the final stage is replaced by the preview decoder for that image, so every
 image that got a packet yields an output. Listeners (`add_listener`, `stages()`) see every `Stage`.
@@ -23,8 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -80,11 +89,13 @@ class Stage:
     complete: bool | None = None
     partial: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
+    camera: str = ""
 
     def record(self) -> dict[str, Any]:
         """JSON-ready summary (no pixels)."""
         return {
             "event": "Stage",
+            "camera": self.camera,
             "stream_id": self.stream_id,
             "image_id": self.image_id,
             "stage": self.index,
@@ -120,6 +131,7 @@ class ImageRecord:
     image_id: int
     first_event: float
     layers: dict[str, LayerArrival] = field(default_factory=dict)
+    camera: str = ""
     stages: int = 0
     first_stage: float | None = None
     final: Stage | None = None
@@ -140,6 +152,10 @@ class ReceiveSummary:
     cancelled: int = 0
     decode_failures: int = 0
     packets: int = 0
+    duplicates: int = 0
+    """Packets of images finished before (this run or, by their final.png, an earlier one)."""
+    decoder: str = ""
+    """The decoder actually running (e.g. "preview" when the SD decoder fell back)."""
     out_dir: str | None = None
     events_log: str | None = None
     reject_reasons: dict[str, int] = field(default_factory=dict)
@@ -247,15 +263,21 @@ class ReceiveSession:
         self.decoder = decoder
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.write_stages = write_stages
-        self.assembler = Assembler(key=key, image_timeout=image_timeout, **dict(assembler_options or {}))
+        options = dict(assembler_options or {})
+        if self.out_dir is not None and write_stages:
+            options.setdefault("already_done", self._final_exists)
+        self.assembler = Assembler(key=key, image_timeout=image_timeout, **options)
         self.max_records = max_records
-        self.records: OrderedDict[tuple[int, int], ImageRecord] = OrderedDict()
-        self.summary = ReceiveSummary(out_dir=str(self.out_dir) if self.out_dir else None)
+        self.records: OrderedDict[tuple[str, int], ImageRecord] = OrderedDict()
+        self.summary = ReceiveSummary(
+            out_dir=str(self.out_dir) if self.out_dir else None, decoder=getattr(decoder, "name", "?")
+        )
         self._initial = [transports] if isinstance(transports, Transport) else list(transports)
         self._max_decodes = max_decodes
         self.coalesce_s = coalesce_s
         self._listeners: list[Callable[[Stage], None]] = []
-        self._states: dict[tuple[int, int], _ImageState] = {}
+        self._states: dict[tuple[str, int], _ImageState] = {}
+        self._on_done: dict[tuple[str, int], list[Callable[[], None]]] = {}
         self._readers: set[asyncio.Task[None]] = set()
         self._readers_started = 0
         self._readers_done = 0
@@ -330,33 +352,44 @@ class ReceiveSession:
 
     # --- transports ---------------------------------------------------------------------------------
 
-    def add_transport(self, transport: Transport, name: str = "") -> asyncio.Task[None]:
-        """Read packets from an open (or openable) transport in the background until it closes."""
+    def add_transport(self, transport: Transport, name: str = "", *, camera: str | None = None) -> asyncio.Task[None]:
+        """Read packets from an open (or openable) transport in the background until it closes.
+
+        `camera` names the camera every packet of this transport comes from (default: the transport's
+        own `camera` attribute; an MQTT transport names each message's camera by its topic)."""
         self._readers_started += 1
-        task = asyncio.create_task(self._serve(transport, name))
+        task = asyncio.create_task(self._serve(transport, name, camera))
         self._readers.add(task)
         task.add_done_callback(self._readers.discard)
         return task
 
-    async def serve_transport(self, transport: Transport, name: str = "") -> None:
-        """Read packets from `transport` until it closes (usable as WebRTCServer's `on_transport`)."""
+    async def serve_transport(self, transport: Transport, name: str = "", *, camera: str | None = None) -> None:
+        """Read packets from `transport` (as `camera`, default the transport's own) until it closes
+        (usable as WebRTCServer's `on_transport`)."""
         self._require_started()
         self._readers_started += 1
-        await self._serve(transport, name)
+        await self._serve(transport, name, camera)
 
-    async def _serve(self, transport: Transport, name: str) -> None:
+    async def _serve(self, transport: Transport, name: str, camera: str | None = None) -> None:
         loop = self._require_started()
         label = name or type(transport).__name__
-        self._write({"event": "TransportOpen", "transport": label}, loop.time())
+        camera = camera if camera is not None else getattr(transport, "camera", None)
+        self._write({"event": "TransportOpen", "transport": label, "camera": camera}, loop.time())
         reason = "closed"
+        recv_message = getattr(transport, "recv_message", None)
+        ack = getattr(transport, "ack", None)
         try:
             await transport.open()
             while True:
                 try:
+                    if recv_message is not None:  # MQTT: the topic names each message's camera; ack once done
+                        msg = await recv_message(timeout=3600.0)
+                        self.feed(msg.payload, camera=msg.stream, on_done=functools.partial(ack, msg) if ack else None)
+                        continue
                     data = await transport.recv(timeout=3600.0)
                 except TransportClosed:
                     break
-                self.feed(data)
+                self.feed(data, camera=camera)
         except TransportError as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("transport %s ended: %s", label, reason)
@@ -370,14 +403,43 @@ class ReceiveSession:
             self._write({"event": "TransportClosed", "transport": label, "reason": reason}, loop.time())
             self._poke()
 
-    def feed(self, data: bytes, now: float | None = None) -> None:
-        """Hand one packet to the assembler (event-loop time by default) and act on its events."""
+    def feed(
+        self,
+        data: bytes,
+        now: float | None = None,
+        *,
+        camera: str | None = None,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
+        """Hand one packet from `camera` (None: filed under its stream id) to the assembler (event-loop
+        time by default) and act on its events. `on_done` is called once the packet's image has its final
+        stage (written, when there is an out_dir), or at once when the packet was rejected or duplicate."""
         loop = self._require_started()
         now = loop.time() if now is None else now
         self.summary.packets += 1
         self.last_activity = now
-        self._handle(self.assembler.receive(data, now), now)
+        asm = self.assembler
+        before = asm.stats["done_before"] + asm.stats["late"]
+        events = asm.receive(data, now, camera=camera)
+        self.summary.duplicates += asm.stats["done_before"] + asm.stats["late"] - before
+        key = asm.last_key
+        if on_done is not None:
+            if key is None:
+                on_done()
+            else:
+                self._on_done.setdefault(key, []).append(on_done)
+        self._handle(events, now)
         self._arm_timer()
+
+    def _final_exists(self, camera: str, image_id: int) -> bool:
+        return self.out_dir is not None and (self.out_dir / camera / str(image_id) / "final.png").exists()
+
+    def _done(self, key: tuple[str, int]) -> None:
+        for callback in self._on_done.pop(key, ()):
+            try:
+                callback()
+            except Exception:  # an acknowledgement that cannot go out is the broker's to redeliver
+                log.exception("acknowledging a packet of %s/%s failed", *key)
 
     async def finish(self) -> None:
         """End of input: finish every open image now and wait until each has its final stage."""
@@ -496,10 +558,10 @@ class ReceiveSession:
     def _count_reject(self, error: str) -> None:
         self.summary.reject_reasons[error] = self.summary.reject_reasons.get(error, 0) + 1
 
-    def _record(self, sid: int, iid: int, now: float) -> ImageRecord:
-        rec = self.records.get((sid, iid))
+    def _record(self, cam: str, sid: int, iid: int, now: float) -> ImageRecord:
+        rec = self.records.get((cam, iid))
         if rec is None:
-            rec = self.records[(sid, iid)] = ImageRecord(sid, iid, now)
+            rec = self.records[(cam, iid)] = ImageRecord(sid, iid, now, camera=cam)
             while len(self.records) > self.max_records:
                 self.records.popitem(last=False)
         return rec
@@ -535,35 +597,39 @@ class ReceiveSession:
                 self._count_reject(ev.error)
                 self._write(rec, now)
                 continue
-            r = self._record(ev.stream_id, ev.image_id, now)
+            cam = ev.camera or str(ev.stream_id)
+            r = self._record(cam, ev.stream_id, ev.image_id, now)
             if isinstance(ev, LayerComplete):
                 r.layers[ev.family] = LayerArrival(ev.time, True, 0, 0, ev.wire_bytes, ev.recovered)
             elif isinstance(ev, LayerPartial):
                 r.layers[ev.family] = LayerArrival(ev.time, False, len(ev.missing_units), ev.unit_count)
             elif isinstance(ev, LayerSetChanged):
-                self._schedule(ev.stream_id, ev.image_id, _Job(ev.layers, layer_signature(ev.layers), ev.reason, False))
+                self._schedule(
+                    cam, ev.stream_id, ev.image_id, _Job(ev.layers, layer_signature(ev.layers), ev.reason, False)
+                )
             elif isinstance(ev, ImageReady):
                 r.complete, r.partial, r.missing = ev.complete, ev.partial_families, ev.missing_families
                 self._schedule(
+                    cam,
                     ev.stream_id,
                     ev.image_id,
                     _Job(ev.layers, layer_signature(ev.layers), "image ready", True, ev),
                 )
             self._write(rec, now)
 
-    def _schedule(self, sid: int, iid: int, job: _Job) -> None:
-        st = self._states.get((sid, iid))
+    def _schedule(self, cam: str, sid: int, iid: int, job: _Job) -> None:
+        st = self._states.get((cam, iid))
         if st is None:
-            st = self._states[(sid, iid)] = _ImageState()
+            st = self._states[(cam, iid)] = _ImageState()
         if st.pending is not None and st.pending.final:
             return  # nothing follows the final job
         st.pending = job
         if st.running is not None and st.stop is not None and st.running.sig != job.sig:
             st.stop.set()  # a richer layer set arrived: the running decode is stale
         if st.task is None or st.task.done():
-            st.task = asyncio.create_task(self._decode_loop(sid, iid, st))
+            st.task = asyncio.create_task(self._decode_loop(cam, sid, iid, st))
 
-    async def _decode_loop(self, sid: int, iid: int, st: _ImageState) -> None:
+    async def _decode_loop(self, cam: str, sid: int, iid: int, st: _ImageState) -> None:
         assert self._sem is not None and self._loop is not None
         loop = self._loop
         while st.pending is not None:
@@ -572,11 +638,11 @@ class ReceiveSession:
                 # refinements that land within `coalesce_s` of each other make one decode, not several
                 await asyncio.sleep(self.coalesce_s)
                 if st.pending is not None:
-                    self._cancelled(sid, iid, job, 0.0, coalesced=True)
+                    self._cancelled(cam, sid, iid, job, 0.0, coalesced=True)
                     continue
             if job.sig == st.last_sig and st.last_stage is not None:
                 if job.final:
-                    await self._emit(sid, iid, st, job, st.last_stage.rgb, st.last_stage.decode_ms, reuse=True)
+                    await self._emit(cam, sid, iid, st, job, st.last_stage.rgb, st.last_stage.decode_ms, reuse=True)
                 continue
             stop = threading.Event()
             st.running, st.stop = job, stop
@@ -589,12 +655,19 @@ class ReceiveSession:
             finally:
                 st.running, st.stop = None, None
             if stop.is_set() and not job.final:
-                self._cancelled(sid, iid, job, ms)
+                self._cancelled(cam, sid, iid, job, ms)
                 continue
             if rgb is None:
                 self.summary.decode_failures += 1
                 self._write(
-                    {"event": "DecodeFailed", "stream_id": sid, "image_id": iid, "error": error, "final": job.final},
+                    {
+                        "event": "DecodeFailed",
+                        "camera": cam,
+                        "stream_id": sid,
+                        "image_id": iid,
+                        "error": error,
+                        "final": job.final,
+                    },
                     loop.time(),
                 )
                 if not job.final:
@@ -602,16 +675,17 @@ class ReceiveSession:
                 rgb, ms, error = await asyncio.to_thread(self._fallback_decode, job.layers)
                 if rgb is None:  # even the preview decoder failed: a grey frame keeps the promise
                     rgb = np.full((job.layers.height, job.layers.width, 3), 128, np.uint8)
-            await self._emit(sid, iid, st, job, rgb, ms, reuse=False)
+            await self._emit(cam, sid, iid, st, job, rgb, ms, reuse=False)
         if st.pending is None and st.last_stage is not None and st.last_stage.final:
-            self._states.pop((sid, iid), None)
+            self._states.pop((cam, iid), None)
 
-    def _cancelled(self, sid: int, iid: int, job: _Job, ms: float, *, coalesced: bool = False) -> None:
+    def _cancelled(self, cam: str, sid: int, iid: int, job: _Job, ms: float, *, coalesced: bool = False) -> None:
         """Count and log a decode that was dropped: stale, or `coalesced` with a fresher one before it ran."""
         assert self._loop is not None
         self.summary.cancelled += 1
         record = {
             "event": "DecodeCancelled",
+            "camera": cam,
             "stream_id": sid,
             "image_id": iid,
             "reason": job.reason,
@@ -645,13 +719,13 @@ class ReceiveSession:
         return rgb, (time.perf_counter() - t) * 1e3, None
 
     async def _emit(
-        self, sid: int, iid: int, st: _ImageState, job: _Job, rgb: np.ndarray, ms: float, *, reuse: bool
+        self, cam: str, sid: int, iid: int, st: _ImageState, job: _Job, rgb: np.ndarray, ms: float, *, reuse: bool
     ) -> None:
         assert self._loop is not None
-        rec = self._record(sid, iid, self._loop.time())
+        rec = self._record(cam, sid, iid, self._loop.time())
         index = rec.stages if reuse else rec.stages + 1
         path = None
-        folder = self.out_dir / str(sid) / str(iid) if self.out_dir is not None and self.write_stages else None
+        folder = self.out_dir / cam / str(iid) if self.out_dir is not None and self.write_stages else None
         if folder is not None:
             path = folder / f"stage-{index}.png"
             if not reuse:
@@ -676,6 +750,7 @@ class ReceiveSession:
             complete=ready.complete if ready is not None else None,
             partial=ready.partial_families if ready is not None else (),
             missing=ready.missing_families if ready is not None else (),
+            camera=cam,
         )
         if not reuse:
             rec.stages = index
@@ -693,6 +768,8 @@ class ReceiveSession:
         record = stage.record()
         record["reused"] = reuse
         self._write(record, now)
+        if job.final:
+            self._done((cam, iid))
         for listener in list(self._listeners):
             listener(stage)
         if job.final:
@@ -700,7 +777,14 @@ class ReceiveSession:
 
 
 def _copy(src: Path, dst: Path) -> None:
-    dst.write_bytes(src.read_bytes())
+    """Copy and make durable: `final.png` appears whole (written aside, synced, renamed), since its
+    existence is what tells a restarted receiver that the image is done."""
+    tmp = dst.with_suffix(".part")
+    with open(tmp, "wb") as f:
+        f.write(src.read_bytes())
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(dst)
 
 
 def _as_rgb(rgb: Any, layers: LayerSet) -> np.ndarray:

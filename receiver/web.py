@@ -50,17 +50,18 @@ h1{font-size:1.2rem;margin:0 0 .5rem}
 let seq = 0;
 const cards = {};
 function card(s) {
-  let c = cards[s.stream_id];
+  let c = cards[s.camera];
   if (!c) {
     c = document.createElement("div");
     c.className = "card";
-    c.id = "stream-" + s.stream_id;
-    c.innerHTML = '<div><b>stream ' + s.stream_id + '</b></div><img alt=""><div class="meta"></div>';
+    c.id = "stream-" + s.camera;
+    c.innerHTML = '<div><b></b></div><img alt=""><div class="meta"></div>';
+    c.querySelector("b").textContent = "camera " + s.camera;
     document.getElementById("streams").appendChild(c);
-    cards[s.stream_id] = c;
+    cards[s.camera] = c;
   }
   const img = c.querySelector("img");
-  const src = "stage/" + s.stream_id + "/" + s.image_id + "/latest.png?v=" + s.seq;
+  const src = "stage/" + encodeURIComponent(s.camera) + "/" + s.image_id + "/latest.png?v=" + s.seq;
   if (img.dataset.src !== src) { img.src = src; img.dataset.src = src; }
   img.dataset.image = s.image_id;
   img.dataset.stage = s.stage;
@@ -68,7 +69,7 @@ function card(s) {
   const m = c.querySelector(".meta");
   m.className = "meta " + (s.final ? (s.complete ? "final" : "partial") : "");
   m.textContent = "image " + s.image_id + " · stage " + s.stage + " · " + (s.layers.join("+") || "no layers")
-    + " · " + state + " · " + s.decode_ms.toFixed(1) + " ms";
+    + " · " + state + " · " + s.decoder + " " + s.decode_ms.toFixed(1) + " ms";
 }
 async function poll() {
   try {
@@ -77,7 +78,7 @@ async function poll() {
     for (const s of doc.streams) card(s);
     seq = doc.seq;
     document.getElementById("status").textContent =
-      doc.streams.length + " stream(s), " + doc.stages + " stage(s) so far";
+      doc.streams.length + " camera(s), " + doc.stages + " stage(s) so far; decoder: " + doc.decoder;
   } catch (e) {
     document.getElementById("status").textContent = "receiver unreachable: " + e;
   }
@@ -114,7 +115,7 @@ class LiveView:
     def __init__(self, session: ReceiveSession, *, images_per_stream: int = 8, max_events: int = 512) -> None:
         self.session = session
         self.images_per_stream = images_per_stream
-        self._images: dict[int, OrderedDict[int, _Latest]] = {}
+        self._images: dict[str, OrderedDict[int, _Latest]] = {}
         self._events: deque[dict[str, Any]] = deque(maxlen=max_events)
         self.seq = 0
         self._remove = session.add_listener(self._on_stage)
@@ -125,7 +126,7 @@ class LiveView:
 
     def _on_stage(self, stage: Stage) -> None:
         self.seq += 1
-        per = self._images.setdefault(stage.stream_id, OrderedDict())
+        per = self._images.setdefault(stage.camera or str(stage.stream_id), OrderedDict())
         per[stage.image_id] = _Latest(stage, self.seq)
         per.move_to_end(stage.image_id)
         while len(per) > self.images_per_stream:
@@ -136,6 +137,7 @@ class LiveView:
     def _summary(stage: Stage, seq: int) -> dict[str, Any]:
         return {
             "seq": seq,
+            "camera": stage.camera or str(stage.stream_id),
             "stream_id": stage.stream_id,
             "image_id": stage.image_id,
             "stage": stage.index,
@@ -144,6 +146,7 @@ class LiveView:
             "partial": list(stage.partial),
             "layers": list(stage.layers),
             "reason": stage.reason,
+            "decoder": stage.decoder,
             "decode_ms": round(stage.decode_ms, 2),
         }
 
@@ -156,15 +159,16 @@ class LiveView:
                 latest = next(reversed(per.values()))
                 streams.append(self._summary(latest.stage, latest.seq))
         return {
+            "decoder": self.session.summary.decoder,
             "seq": self.seq,
             "stages": self.seq,
             "streams": streams,
             "events": [e for e in self._events if e["seq"] > since],
         }
 
-    def latest_png(self, stream_id: int, image_id: int | None = None) -> bytes | None:
-        """PNG of the latest stage of an image (or of the stream's latest image); None if unknown."""
-        per = self._images.get(stream_id)
+    def latest_png(self, camera: str | int, image_id: int | None = None) -> bytes | None:
+        """PNG of the latest stage of a camera's image (or of its latest image); None if unknown."""
+        per = self._images.get(str(camera))
         if not per:
             return None
         entry = per.get(image_id) if image_id is not None else next(reversed(per.values()))
@@ -231,11 +235,10 @@ class LiveView:
         from aiohttp import web
 
         try:
-            stream = int(request.match_info["stream"])
             image = int(request.match_info["image"]) if "image" in request.match_info else None
         except ValueError:
-            return web.Response(status=400, text="stream and image ids are integers")
-        png = self.latest_png(stream, image)
+            return web.Response(status=400, text="image ids are integers")
+        png = self.latest_png(request.match_info["stream"], image)
         if png is None:
             return web.Response(status=404, text="no stage for that stream/image yet")
         return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "no-store"})

@@ -25,6 +25,7 @@ from typing import Any
 
 from layercast.common.errors import InputError, LayercastError
 from layercast.common.fec import FecPolicy, add_repair
+from layercast.common.identity import camera_id, check_camera_name
 from layercast.common.transport.base import Transport
 from layercast.common.transport.lossy import LinkModel, LossyTransport
 from layercast.common.types import DEFAULT_ORDER, EncodedImage, LayerKind
@@ -39,12 +40,6 @@ def clock_sequence_start() -> int:
     """A first sequence number that grows with wall time (milliseconds since 1970), so a restarted
     sender is not taken for a replay by a receiver that saw its previous run."""
     return min(int(time.time() * 1000), MAX_SEQUENCE_START)
-
-
-def clock_image_id() -> int:
-    """A first image id from wall time (milliseconds, modulo 2**28), so a restarted sender's images are
-    not dropped as already finished by a long-running receiver (costs ~3 varint bytes per packet)."""
-    return int(time.time() * 1000) % (1 << 28)
 
 
 @dataclass
@@ -75,6 +70,7 @@ class SendReport:
     started: float
     duration_s: float
     layers: list[LayerSend] = field(default_factory=list)
+    camera: str = ""
 
     @property
     def overhead(self) -> float:
@@ -84,6 +80,7 @@ class SendReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (times in ms)."""
         return {
+            "camera": self.camera,
             "stream_id": self.stream_id,
             "image_id": self.image_id,
             "name": self.name,
@@ -186,8 +183,10 @@ class SendSession:
     `reliable_families`). `bundle`: None = the profile's choice; True lets whole layers without FEC
     share one packet, which travels on the class of its first layer; a bundle would turn one lost
     packet into a lost image, so bundling is turned off when `link_model` loses packets of that class.
-    Use ``async with`` (opens/drains/closes the transport) or manage the transport
-    yourself and call `send_image`.
+    `camera`: this sender's name (`common.identity`); its packets then carry `camera_id(camera)` as
+    their stream id, which receivers check against the topic or connection they arrive on (`stream_id`
+    is the raw id of an unnamed sender). Use ``async with`` (opens/drains/closes the transport) or
+    manage the transport yourself and call `send_image`.
     """
 
     def __init__(
@@ -206,7 +205,14 @@ class SendSession:
         sequence_start: int | None = None,
         send_timeout: float | None = None,
         bundle: bool | None = None,
+        camera: str | None = None,
     ) -> None:
+        if camera is not None:
+            check_camera_name(camera)
+            if stream_id not in (0, camera_id(camera)):
+                raise InputError(f"camera {camera!r} sends as stream {camera_id(camera)}, not {stream_id}")
+            stream_id = camera_id(camera)
+        self.camera = camera
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.fec = fec if fec is not None else self.profile.fec
         self.bundle = self.profile.bundle if bundle is None else bundle
@@ -316,6 +322,7 @@ class SendSession:
             if layer.kind in layers:
                 layers[layer.kind].units = len(layer.units)
         report = SendReport(
+            camera=self.camera or "",
             stream_id=self.stream_id,
             image_id=iid,
             name=name,
@@ -328,6 +335,20 @@ class SendSession:
         )
         self.reports.append(report)
         return report
+
+    def encode_file(self, path: Path, args: argparse.Namespace) -> Any:
+        """Encode one image file with the CLI's encode options (an EncodeResult; blocking, so call it in a
+        worker thread). Without `args.stripe_rows`, an image that travels as one bundled packet is coded
+        with one edge stripe: stripes exist so a lost packet costs one stripe; where the image travels
+        whole they only cost bytes (~5% of the structure)."""
+        from layercast.cli import encode_path
+
+        if getattr(args, "stripe_rows", None) is None and self.bundle:
+            one_stripe = argparse.Namespace(**{**vars(args), "stripe_rows": 0})
+            whole = encode_path(path, one_stripe, stream_id=self.stream_id)
+            if self.travels_whole(whole.image):
+                return whole
+        return encode_path(path, args, stream_id=self.stream_id)
 
     async def send_paths(
         self,
@@ -343,21 +364,13 @@ class SendSession:
 
         A file that fails to encode is reported to `on_error` and skipped (raised when None).
         """
-        from layercast.cli import encode_path
         from layercast.progress import Progress
 
         bar = Progress(len(paths), "send", enabled=progress)
         reports: list[SendReport] = []
-        one_stripe = argparse.Namespace(**{**vars(args), "stripe_rows": 0})
 
         def encode(path: Path) -> Any:
-            if getattr(args, "stripe_rows", None) is None and self.bundle:
-                # stripes exist so a lost packet costs one stripe: where the image travels whole they only
-                # cost bytes (~5% of the structure), so try one stripe and keep it if the image stays whole
-                whole = encode_path(path, one_stripe, stream_id=self.stream_id)
-                if self.travels_whole(whole.image):
-                    return whole
-            return encode_path(path, args, stream_id=self.stream_id)
+            return self.encode_file(path, args)
 
         pending = asyncio.ensure_future(asyncio.to_thread(encode, paths[0])) if paths else None
         for i, path in enumerate(paths):

@@ -11,6 +11,7 @@ import pytest
 from broker import mosquitto_broker  # noqa: F401  (pytest fixture)
 
 from layercast.cli import build_parser, encode_path, main
+from layercast.common.identity import camera_id
 from layercast.common.transport.memory import memory_pair
 from layercast.proto.framing import encode_varint
 from layercast.receiver.session import ReceiveSession
@@ -27,7 +28,7 @@ def test_send_to_file_then_receive(tmp_path: Path, capsys: pytest.CaptureFixture
     folder.mkdir()
     for p in sample_paths()[:2]:
         (folder / p.name).write_bytes(p.read_bytes())
-    assert main(["send", str(folder), "--to", f"file:{lcs}", "--stream-id", "3", "--json", *ENCODE_FLAGS]) == 0
+    assert main(["send", str(folder), "--to", f"file:{lcs}", "--camera", "cam3", "--json", *ENCODE_FLAGS]) == 0
     sent = json.loads(capsys.readouterr().out)
     assert [i["image_id"] for i in sent["images"]] == [0, 1] and sent["failed"] == []
     assert not sent["bundle"]
@@ -35,12 +36,22 @@ def test_send_to_file_then_receive(tmp_path: Path, capsys: pytest.CaptureFixture
     for img, path in zip(sent["images"], sample_paths()[:2], strict=True):
         units = {x["family"]: x["units"] for x in img["layers"]}
         assert units["structure"] == len(encode_path(path, args).image.layer("structure").units)
-    assert main(["receive", "--on", f"file:{lcs}", "--out", str(out), "--json"]) == 0
+    assert sent["camera"] == "cam3" and sent["stream_id"] == camera_id("cam3")
+    assert main(["receive", "--on", f"file:{lcs}", "--out", str(out), "--camera", "cam3", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["images"] == got["complete"] == 2 and got["rejected"] == 0
-    for iid, ref in enumerate(file_decodes(encoded_samples(stream_id=3)[:2])):
-        assert np.array_equal(read_png(out / "3" / str(iid) / "final.png"), ref)
+    # the budget counts the stream id each packet carries, so the reference is coded as camera cam3
+    for iid, ref in enumerate(file_decodes(encoded_samples(stream_id=camera_id("cam3"))[:2])):
+        assert np.array_equal(read_png(out / "cam3" / str(iid) / "final.png"), ref)
     assert (out / "events.jsonl").is_file()
+    # unnamed, the images are filed under the stream id; named as another camera, every packet is refused
+    assert main(["receive", "--on", f"file:{lcs}", "--out", str(tmp_path / "o2"), "--json"]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "o2" / str(camera_id("cam3")) / "1" / "final.png").is_file()
+    assert main(["receive", "--on", f"file:{lcs}", "--out", str(tmp_path / "o3"), "--camera", "cam4", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["images"] == 0 and got["packets"] > 0
+    assert got["reject_reasons"] == {"StreamMismatchError": got["packets"]}
 
 
 async def test_send_over_mqtt_bundles_whole_images_coded_in_one_stripe(
@@ -66,10 +77,10 @@ async def test_send_over_mqtt_bundles_whole_images_coded_in_one_stripe(
     assert [i["packets"] for i in sent["images"]] == [1, 1] and rx.summary.packets == 2
     assert [{x["family"]: x["units"] for x in i["layers"]}["structure"] for i in sent["images"]] == [1, 1]
     args = build_parser().parse_args(["encode", "x", "-o", "x", *ENCODE_FLAGS, "--stripe-rows", "0"])
-    results = [encode_path(p, args) for p in sample_paths()[:2]]
+    results = [encode_path(p, args, stream_id=camera_id("cam9")) for p in sample_paths()[:2]]
     assert [len(r.image.layer("structure").units) for r in results] == [1, 1]
     for iid, ref in enumerate(file_decodes(results)):
-        assert np.array_equal(read_png(out / "0" / str(iid) / "final.png"), ref)
+        assert np.array_equal(read_png(out / "cam9" / str(iid) / "final.png"), ref)
 
 
 def test_bundled_file_round_trip_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -67,7 +67,7 @@ async def test_lossy_link_every_image_yields_output(tmp_path: Path, model: LinkM
     for iid in ids:
         final = tmp_path / "5" / str(iid) / "final.png"
         assert final.is_file(), f"image {iid} got packets but no output"
-        stage = rx.records[(5, iid)].final
+        stage = rx.records[("5", iid)].final
         assert stage is not None and read_png(final).shape[:2] == stage.rgb.shape[:2]
     events = read_events(tmp_path)
     ready = [e for e in events if e["event"] == "ImageReady"]
@@ -85,7 +85,7 @@ async def test_lossy_link_every_image_yields_output(tmp_path: Path, model: LinkM
 async def test_progressive_stages_per_layer(tmp_path: Path) -> None:
     rx, ids = await _stream(tmp_path, profile="sbd", rate=60_000)
     for iid in ids:
-        rec = rx.records[(5, iid)]
+        rec = rx.records[("5", iid)]
         want = len({f for f, a in rec.layers.items() if a.complete})
         cancelled = [e for e in read_events(tmp_path) if e["event"] == "DecodeCancelled" and e["image_id"] == iid]
         # each arriving layer starts a decode; one superseded by a richer layer set is cancelled, not written

@@ -28,7 +28,7 @@ async def _run(tmp_path: Path, model: LinkModel | None) -> tuple[Path, ReceiveSe
         tx_t = MqttTransport(MqttConfig(host="127.0.0.1", port=broker.port, role="send", stream="cam4"))
         async with rx_t, ReceiveSession(out_dir=out, image_timeout=1.0) as rx:
             rx.add_transport(rx_t, "mqtt")
-            async with SendSession(tx_t, profile="mqtt", link_model=model, stream_id=4) as tx:
+            async with SendSession(tx_t, profile="mqtt", link_model=model, camera="cam4") as tx:
                 ids = [(await tx.send_image(r.image)).image_id for r in results]
             await rx.run(count=len(ids), idle_timeout=5.0, until_closed=False)
     finally:
@@ -41,7 +41,7 @@ async def test_folder_over_mosquitto_equals_file_decode(tmp_path: Path) -> None:
     assert rx.summary.images == rx.summary.complete == len(ids)
     assert rx.summary.packets == len(ids), "the mqtt profile bundles each image into one message"
     for iid, ref in zip(ids, file_decodes(encoded_samples()), strict=True):
-        assert np.array_equal(read_png(out / "4" / str(iid) / "final.png"), ref), f"image {iid}"
+        assert np.array_equal(read_png(out / "cam4" / str(iid) / "final.png"), ref), f"image {iid}"
 
 
 async def test_mosquitto_with_20pct_loss_yields_every_image(tmp_path: Path) -> None:
@@ -49,4 +49,4 @@ async def test_mosquitto_with_20pct_loss_yields_every_image(tmp_path: Path) -> N
     ready = [e for e in read_events(out) if e["event"] == "ImageReady"]
     assert sorted(e["image_id"] for e in ready) == sorted(ids) and rx.summary.images == len(ids)
     assert all("semantic" in e["layers"] for e in ready), "FEC repairs keep the prompt"
-    assert all((out / "4" / str(i) / "final.png").is_file() for i in ids)
+    assert all((out / "cam4" / str(i) / "final.png").is_file() for i in ids)

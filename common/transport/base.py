@@ -30,6 +30,9 @@ class Transport(ABC):
     """Send and receive packets (bytes). Subclasses implement `_open`, `_close`, `_send`, `_recv`."""
 
     default_timeout: float = DEFAULT_TIMEOUT
+    camera: str | None = None
+    """The camera every packet of this transport comes from, where the transport knows it (a WebRTC
+    peer's offer names it); None = unnamed. An MQTT transport names each message's camera instead."""
 
     def __init__(self) -> None:
         self._closed = False

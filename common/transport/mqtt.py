@@ -30,6 +30,16 @@ partition by stream instead (each receiver gets its own ``stream=cam1,cam2`` lis
 publishes through one client, so all its packets, and therefore every layer of every image it sends,
 land on the same worker, while different cameras spread over the group.
 
+Identity: the stream level names the camera (`common.identity`). A message on a topic whose stream
+level is not a usable camera name is dropped (counted in `MqttStats.dropped_topic`); the receive
+session checks each packet's stream id against its topic's camera.
+
+Acknowledgements: with `manual_ack` a receiver acknowledges a QoS 1 message only when told to
+(`ack`), which the receive session does once the message's image is written; a receiver killed
+before that gets the message again from its persistent session (fixed `client_id`,
+`session_expiry`). Acknowledgements of a connection that was lost are dropped: the broker resends
+those messages on the next connection.
+
 Reconnects: a lost connection is re-established in the background with bounded, jittered exponential
 back-off (`backoff_delay`); a `send` during the outage waits for the new connection and fails with
 TransportTimeout at its timeout. QoS 1 publishes cut by the outage are sent again (at least once; the
@@ -54,6 +64,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from layercast.common import limits
 from layercast.common.errors import InputError, TransportClosed, TransportError, TransportTimeout
+from layercast.common.identity import is_camera_name
 from layercast.common.transport.base import FAMILIES, Transport
 
 if TYPE_CHECKING:
@@ -150,6 +161,8 @@ class MqttConfig:
     connect_timeout: float = 10.0
     max_queued: int = 10_000
     """Received packets buffered before new ones are dropped (counted in `MqttStats.dropped_full`)."""
+    manual_ack: bool = False
+    """Receivers: acknowledge QoS 1 messages only through `MqttTransport.ack` (see the module docstring)."""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -320,6 +333,10 @@ class MqttMessage:
     qos: int
     expiry: int | None
     """Remaining Message Expiry Interval (s) the broker forwarded, None when the sender set none."""
+    mid: int = 0
+    """MQTT packet id (QoS > 0), for `MqttTransport.ack`."""
+    connection: int = 0
+    """Which connection of the transport delivered it (acks are valid only on that one)."""
 
 
 @dataclass
@@ -333,6 +350,9 @@ class MqttStats:
     dropped_full: int = 0
     refused: int = 0
     reconnects: int = 0
+    acked: int = 0
+    ack_dropped: int = 0
+    """Acks not sent because their connection was lost (the broker resends those messages)."""
 
 
 _PUBLISH_MIDS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("mqtt_publish_mids", default=None)
@@ -343,10 +363,18 @@ class MqttTransport(Transport):
     """Send packets to, or receive them from, an MQTT 5 broker (see the module docstring)."""
 
     def __init__(
-        self, config: MqttConfig, *, default_timeout: float | None = None, rng: random.Random | None = None
+        self,
+        config: MqttConfig,
+        *,
+        default_timeout: float | None = None,
+        rng: random.Random | None = None,
+        offline_start: bool = False,
     ) -> None:
+        """`offline_start`: `open` succeeds while the broker is unreachable and connects in the background
+        (with `config.reconnect`), as a service started before its broker must; sends wait meanwhile."""
         super().__init__()
         self.config = config
+        self.offline_start = offline_start and config.reconnect
         if default_timeout is not None:
             self.default_timeout = default_timeout
         self.stats = MqttStats()
@@ -361,6 +389,7 @@ class MqttTransport(Transport):
         self._closing = False
         self._refused: dict[int, str] = {}
         self._properties: dict[str, Any] = {}
+        self._connection = 0
 
     @classmethod
     def from_url(cls, url: str, *, role: str = "receive", **options: Any) -> MqttTransport:
@@ -371,6 +400,27 @@ class MqttTransport(Transport):
     def connected(self) -> bool:
         """True while a broker connection is up."""
         return self._online.is_set() and self._end is None
+
+    @property
+    def camera(self) -> str | None:
+        """A sender's camera (its topic's stream level); None for a receiver (each message names its own)."""
+        return self.config.stream if self.config.role == "send" else None
+
+    @camera.setter
+    def camera(self, value: str | None) -> None:
+        raise AttributeError("an MQTT transport's camera is its topic's stream level")
+
+    def ack(self, message: MqttMessage) -> None:
+        """Acknowledge a QoS 1 message received with `manual_ack` (no-op otherwise, or when its
+        connection is gone: the broker then delivers it again)."""
+        if not self.config.manual_ack or message.qos == 0:
+            return
+        client = self._client
+        if client is None or message.connection != self._connection or not self.connected:
+            self.stats.ack_dropped += 1
+            return
+        client._client.ack(message.mid, message.qos)
+        self.stats.acked += 1
 
     @property
     def where(self) -> str:
@@ -419,6 +469,8 @@ class MqttTransport(Transport):
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
         self._watch_pubacks(client)
+        if cfg.manual_ack:
+            client._client.manual_ack_set(True)
         return client
 
     def _watch_pubacks(self, client: aiomqtt.Client) -> None:
@@ -483,6 +535,7 @@ class MqttTransport(Transport):
             await self._drop(client)
             raise
         self._client = client
+        self._connection += 1
         self._lost = asyncio.get_running_loop().create_future()
         self._online.set()
 
@@ -513,29 +566,38 @@ class MqttTransport(Transport):
     async def _open(self) -> None:
         if self._task is not None:
             return
-        await self._connect()
-        self._task = asyncio.create_task(self._supervise(), name=f"mqtt-{self.config.role}-{self.where}")
+        connected = True
+        try:
+            await self._connect()
+        except TransportError as exc:
+            if not self.offline_start:
+                raise
+            log.warning("MQTT broker %s is not reachable yet (%s); connecting in the background", self.where, exc)
+            connected = False
+        self._task = asyncio.create_task(self._supervise(connected), name=f"mqtt-{self.config.role}-{self.where}")
 
-    async def _supervise(self) -> None:
-        """Pump messages; on a lost connection reconnect with back-off until closed."""
+    async def _supervise(self, connected: bool = True) -> None:
+        """Pump messages; on a lost connection (or none yet) reconnect with back-off until closed."""
         import aiomqtt
 
         while True:
-            client = self._client
-            assert client is not None
-            try:
-                async for message in client.messages:
-                    self._deliver(message)
-            except aiomqtt.MqttError as exc:
-                if not self._closing:
-                    log.warning("MQTT connection to %s lost: %s", self.where, exc)
-            self._set_offline()
-            await self._drop(client)
-            if self._closing:
-                return
-            if not self.config.reconnect:
-                self._finish(TransportClosed(f"MQTT connection to {self.where} lost and reconnect is off"))
-                return
+            if connected:
+                client = self._client
+                assert client is not None
+                try:
+                    async for message in client.messages:
+                        self._deliver(message)
+                except aiomqtt.MqttError as exc:
+                    if not self._closing:
+                        log.warning("MQTT connection to %s lost: %s", self.where, exc)
+                self._set_offline()
+                await self._drop(client)
+                if self._closing:
+                    return
+                if not self.config.reconnect:
+                    self._finish(TransportClosed(f"MQTT connection to {self.where} lost and reconnect is off"))
+                    return
+            connected = True
             attempt = 0
             while True:
                 cfg = self.config
@@ -551,7 +613,8 @@ class MqttTransport(Transport):
                     await self._connect()
                 except TransportError as exc:
                     attempt += 1
-                    log.info("MQTT reconnect %d to %s failed: %s", attempt, self.where, exc)
+                    level = logging.WARNING if attempt & (attempt - 1) == 0 else logging.INFO  # 1, 2, 4, 8...
+                    log.log(level, "MQTT reconnect %d to %s failed: %s", attempt, self.where, exc)
                     continue
                 self.stats.reconnects += 1
                 log.info("MQTT reconnected to %s after %d attempt(s)", self.where, attempt + 1)
@@ -646,9 +709,10 @@ class MqttTransport(Transport):
     def _deliver(self, message: aiomqtt.Message) -> None:
         topic = message.topic.value
         parsed = parse_topic(topic, self.config.prefix)
-        if parsed is None:
+        if parsed is None or not is_camera_name(parsed[0]):
             self.stats.dropped_topic += 1
-            log.warning("dropped MQTT message on %r: not <prefix>/<stream>/<family>", topic)
+            log.warning("dropped MQTT message on %r: not <prefix>/<camera>/<family>", topic[:200])
+            self._ack_now(message)
             return
         payload = message.payload
         if not isinstance(payload, (bytes, bytearray)):
@@ -656,14 +720,24 @@ class MqttTransport(Transport):
         if len(payload) > limits.MAX_PACKET_BYTES:
             self.stats.dropped_oversize += 1
             log.warning("dropped %d-byte MQTT message on %r: over the packet limit", len(payload), topic)
+            self._ack_now(message)
             return
         if len(self._inbox) >= self.config.max_queued:
-            self.stats.dropped_full += 1
+            self.stats.dropped_full += 1  # not acknowledged: the broker resends it later
             return
         expiry = getattr(message.properties, "MessageExpiryInterval", None) if message.properties else None
-        self._inbox.append(MqttMessage(parsed[0], parsed[1], bytes(payload), int(message.qos), expiry))
+        self._inbox.append(
+            MqttMessage(
+                parsed[0], parsed[1], bytes(payload), int(message.qos), expiry, int(message.mid), self._connection
+            )
+        )
         self.stats.received += 1
         self._wake.set()
+
+    def _ack_now(self, message: aiomqtt.Message) -> None:
+        """Acknowledge a message that will never be worth redelivering (bad topic, oversize)."""
+        if self.config.manual_ack and message.qos and self._client is not None:
+            self._client._client.ack(int(message.mid), int(message.qos))
 
     async def _next_message(self) -> MqttMessage:
         while True:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -324,15 +325,18 @@ def signalling_from_url(url: str, *, role: str = "offer") -> Signalling:
 
 
 async def connect_webrtc(
-    target: str | Signalling, config: WebRTCConfig | None = None, *, timeout: float = 30.0
+    target: str | Signalling, config: WebRTCConfig | None = None, *, timeout: float = 30.0, camera: str = ""
 ) -> WebRTCTransport:
-    """Sender side: offer through `target` (URL or Signalling), apply the answer; the open transport."""
+    """Sender side: offer through `target` (URL or Signalling), apply the answer; the open transport.
+    `camera` names this sender in the offer (the receiver files its images under that name)."""
     sig = signalling_from_url(target) if isinstance(target, str) else target
     transport = WebRTCTransport(config)
+    transport.camera = camera or None
 
     async def run() -> None:
         await sig.connect()
-        await sig.send(await transport.create_offer())
+        offer = await transport.create_offer()
+        await sig.send(dataclasses.replace(offer, camera=camera) if camera else offer)
         await transport.accept_answer(await sig.receive(timeout=None))
         await transport.open(timeout=None)
 
@@ -372,6 +376,7 @@ class _Acceptor:
         if len(self._live) >= self.max_peers:
             raise TransportError(f"receiver is full ({self.max_peers} peers); try again later")
         transport = WebRTCTransport(self.config)
+        transport.camera = offer.camera or None
         try:
             answer = await transport.accept_offer(offer)
         except BaseException:

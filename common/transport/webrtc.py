@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from layercast.common import limits
 from layercast.common.errors import AuthError, InputError, TransportClosed, TransportError
+from layercast.common.identity import is_camera_name
 from layercast.common.transport.base import FAMILIES, Transport
 
 if TYPE_CHECKING:
@@ -139,6 +140,9 @@ class SessionDescription:
     type: str
     peer_id: str = ""
     """Who sent the offer / gets the answer (MQTT signalling); empty over HTTP."""
+    camera: str = ""
+    """Offers: the sending camera's name (`common.identity`), which the receiver files its images
+    under; empty = unnamed (images filed under the packets' stream id)."""
 
     def __post_init__(self) -> None:
         if self.type not in ("offer", "answer"):
@@ -147,17 +151,25 @@ class SessionDescription:
             raise TransportError("session description is not SDP (must start with 'v=0')")
         if len(self.sdp.encode("utf-8", "replace")) > MAX_SDP_BYTES:
             raise TransportError(f"SDP larger than {MAX_SDP_BYTES} bytes")
+        if self.camera and not is_camera_name(self.camera):
+            raise TransportError(f"offer names camera {self.camera[:80]!r}, which is not a usable camera name")
 
     def to_json(self) -> dict[str, str]:
         """The W3C RTCSessionDescriptionInit dictionary."""
-        return {"sdp": self.sdp, "type": self.type}
+        doc = {"sdp": self.sdp, "type": self.type}
+        if self.camera:
+            doc["camera"] = self.camera
+        return doc
 
     @classmethod
     def from_json(cls, obj: Any, peer_id: str = "") -> SessionDescription:
         """Parse a decoded JSON object; TransportError when it is not a session description."""
         if not isinstance(obj, dict) or not isinstance(obj.get("sdp"), str) or "type" not in obj:
             raise TransportError('signalling message must be a JSON object {"sdp": str, "type": str}')
-        return cls(sdp=obj["sdp"], type=str(obj["type"]), peer_id=peer_id)
+        camera = obj.get("camera", "")
+        if not isinstance(camera, str):
+            raise TransportError("signalling message's camera must be a string")
+        return cls(sdp=obj["sdp"], type=str(obj["type"]), peer_id=peer_id, camera=camera)
 
 
 @dataclass
