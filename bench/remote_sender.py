@@ -30,9 +30,9 @@ async def send(lcs: Path, url: str, count: int, profile: str) -> dict[str, float
     else:
         from layercast.common.transport.signalling import connect_webrtc
 
-        transport = await connect_webrtc(url, timeout=30)
+        transport = await connect_webrtc(url, timeout=30, camera="bench")
     t0 = time.perf_counter()
-    async with SendSession(transport, profile=profile, rate_bps=0, stream_id=77) as tx:
+    async with SendSession(transport, profile=profile, rate_bps=0, camera=transport.camera or "bench") as tx:
         for i in range(count):
             await tx.send_image(images[i % len(images)])
         t_sent = time.perf_counter()

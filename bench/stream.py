@@ -157,8 +157,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def mosquitto() -> Any:
-    """A Mosquitto broker on a free loopback port (yields the port), or None without the binary."""
+def mosquitto(persistent: bool = False) -> Any:
+    """A Mosquitto broker on a free loopback port (yields the port), or None without the binary.
+    `persistent`: sessions and queued messages kept on disk, autosaved every 10 s (as deploy/)."""
     binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
     if binary is None:
         yield None
@@ -166,8 +167,9 @@ def mosquitto() -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         port = _free_port()
         conf = Path(tmp) / "mosquitto.conf"
+        store = f"persistence true\npersistence_location {tmp}/\nautosave_interval 10\n" if persistent else ""
         conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n{store}"
         )
         proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -312,10 +314,12 @@ def run(
     encode_options: Sequence[str] = (),
     prompts: Mapping[str, str] | None = None,
     repeats: int = 3,
+    fleet_per_camera: int = 50,
 ) -> dict[str, Any]:
-    """Run parts (a), (b), (c) on `paths` (encoded once, resized to 512, plus `layercast encode`
-    flags in `encode_options`, prompts by file name from `prompts`) and return the results; each
-    throughput run is repeated `repeats` times and the run with the median rate reported."""
+    """Run parts (a), (b), (c) and the fleet (d: `bench.fleet`, 4 cameras x `fleet_per_camera` images;
+    0 skips it) on `paths` (encoded once, resized to 512, plus `layercast encode` flags in
+    `encode_options`, prompts by file name from `prompts`) and return the results; each throughput run
+    is repeated `repeats` times and the run with the median rate reported."""
     t = time.perf_counter()
     encoded = _encode_all(paths, encode_options, prompts)
     encode_s = time.perf_counter() - t
@@ -346,6 +350,10 @@ def run(
     )
     tp["goal_images_per_s"] = 200
     result["throughput"] = tp
+    if fleet_per_camera:
+        from layercast.bench import fleet
+
+        result["fleet"] = fleet.run(encoded, per_camera=fleet_per_camera, repeats=repeats)
     result["overhead"] = overhead(encoded)
     # as `layercast send` codes an image that travels as one bundle: one edge stripe
     result["overhead_one_stripe"] = overhead(_encode_all(paths, [*encode_options, "--stripe-rows", "0"], prompts))
@@ -375,6 +383,10 @@ def format_table(result: dict[str, Any]) -> str:
         f"{jp['bytes_per_image']:>13}"
     )
     lines.append(f"    {'JPEG q=1 lossless bound':<28}{_fmt(jp['lower_bound_s']):>14}{_fmt(jp['lower_bound_s']):>14}")
+    if "fleet" in result:
+        from layercast.bench import fleet
+
+        lines += fleet.format_lines(result["fleet"])
     tp = result["throughput"]
     lines.append(
         f"(b) throughput, {tp['decoder']} decoder, {tp['cpus']} CPUs, sender in its own process, unpaced"

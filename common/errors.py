@@ -73,5 +73,9 @@ class TransportTimeout(TransportError):
     """A transport call did not finish within its timeout."""
 
 
+class NoSubscribersError(TransportError):
+    """The broker took a message but no receiver subscribes to its topic, so nobody got it."""
+
+
 class TransportClosed(TransportError):
     """The transport is closed; no more packets will arrive or can be sent."""

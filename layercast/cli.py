@@ -400,6 +400,91 @@ def make_decoder(args: argparse.Namespace) -> tuple[Any, str | None]:
     return decoder_or_fallback(config_from_args(args))
 
 
+FALLBACK_CHOICES = ("none", "preview")
+"""`--fallback` values: what a receiver does when `--decoder sd` cannot load its models."""
+
+
+def add_fallback_option(p: argparse.ArgumentParser) -> None:
+    """`--fallback {none,preview}` for a long-running receiver (read by :func:`make_receive_decoder`)."""
+    p.add_argument(
+        "--fallback",
+        choices=FALLBACK_CHOICES,
+        default="none",
+        help="what to do when --decoder sd cannot load its models: none (default) refuses to start with one line"
+        " naming what is missing and where to put it; preview runs the CPU preview decoder instead and says so",
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _check_sd_folders(cfg: Any) -> None:
+    """The folder checks the SD loaders make first, without importing torch/diffusers (fast, quiet refusal)."""
+    from layercast.receiver.models import SD_LAYOUT_HINT, resolve_model_dir
+
+    resolve_model_dir(
+        cfg.model,
+        "Stable Diffusion base model",
+        expect=("model_index.json",),
+        hint=SD_LAYOUT_HINT,
+        flag="--model DIR (or `model` in --sd-config)",
+    )
+    for kind, ref in cfg.controlnets.items():
+        hint = f"a diffusers ControlNet export (config.json + diffusion_pytorch_model.safetensors) for {kind}"
+        resolve_model_dir(ref, f"ControlNet '{kind}'", expect=("config.json",), hint=hint)
+    for kind, ref in cfg.adapters.items():
+        hint = f"a diffusers T2IAdapter export (config.json + diffusion_pytorch_model.safetensors) for {kind}"
+        resolve_model_dir(ref, f"T2I-Adapter '{kind}'", expect=("config.json",), hint=hint)
+    if cfg.lcm_lora:
+        resolve_model_dir(
+            cfg.lcm_lora,
+            "LCM-LoRA",
+            expect=("pytorch_lora_weights.safetensors",),
+            hint="pytorch_lora_weights.safetensors of latent-consistency/lcm-lora-sdv1-5",
+        )
+
+
+def make_receive_decoder(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The decoder of `layercast receive`: (decoder, warning or None).
+
+    Unlike :func:`make_decoder` (one-shot `decode`, which falls back quietly to the preview decoder), a
+    receiver asked for `--decoder sd` whose models cannot load raises ModelError with one line saying what
+    is missing, where to put it and that `--fallback preview` is the explicit opt-in; with `--fallback
+    preview` it returns the preview decoder and a warning saying so. A bad `--sd-config` raises InputError.
+    """
+    from layercast.common.errors import ModelError
+    from layercast.receiver.preview import PreviewDecoder
+
+    if args.decoder != "sd":
+        return PreviewDecoder(), None
+    from layercast.receiver.models import config_from_args
+
+    cfg = config_from_args(args)
+    try:
+        try:
+            _check_sd_folders(cfg)
+            from layercast.receiver.sd import load_decoder
+
+            return load_decoder(cfg), None
+        except ImportError as exc:
+            raise ModelError(
+                f"the Stable Diffusion decoder needs torch and diffusers ({exc}): pip install 'layercast[gen]'"
+            ) from exc
+    except ModelError as exc:
+        reason = _one_line(str(exc)).rstrip(".")
+        if getattr(args, "fallback", "none") == "preview":
+            return PreviewDecoder(), (
+                f"--decoder sd cannot load its models ({reason}); --fallback preview: decoding with the CPU"
+                " preview decoder instead"
+            )
+        source = f"the models of {args.sd_config}" if getattr(args, "sd_config", None) else "its models"
+        raise ModelError(
+            f"receive refuses to start: --decoder sd cannot load {source}: {reason}; or pass --fallback preview"
+            " to decode with the CPU preview decoder instead"
+        ) from None
+
+
 def _numbered(out: Path, image_id: int, many: bool) -> Path:
     return out.with_name(f"{out.stem}-{image_id}{out.suffix or '.png'}") if many else out
 

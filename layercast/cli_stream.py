@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -342,7 +343,6 @@ def read_password(args: argparse.Namespace, url_password: str | None) -> str | N
 
 def mqtt_config(url: str, args: argparse.Namespace) -> Any:
     """The MqttConfig (receive role) of `url` with the password resolved by `read_password`."""
-    from dataclasses import replace
 
     from layercast.common.transport.mqtt import MqttConfig
 
@@ -355,7 +355,6 @@ def receiver_mqtt_config(url: str, args: argparse.Namespace) -> Any:
     86400 s expiry, unless the URL sets them), QoS 1 messages acknowledged once their image is written."""
     import hashlib
     import socket
-    from dataclasses import replace
 
     cfg = mqtt_config(url, args)
     query = urlsplit(url).query
@@ -378,8 +377,8 @@ def send_camera(url: str, args: argparse.Namespace) -> str | None:
         return camera
     from layercast.common.transport.mqtt import MqttConfig
 
-    level = MqttConfig.from_url(url, role="receive").stream
-    level = None if level == "+" else level
+    stream = MqttConfig.from_url(url, role="receive").stream
+    level = None if stream == "+" else stream
     if camera and level and camera != level:
         raise InputError(f"--camera {camera} differs from the URL's camera {level!r}: the topic names the camera")
     if not (camera or level):
@@ -404,6 +403,10 @@ async def open_send_transport(url: str, args: argparse.Namespace, camera: str | 
         from layercast.common.transport.mqtt import MqttTransport
 
         cfg = mqtt_config(url, args)
+        if getattr(args, "spool", None):  # store and forward: an image nobody received stays queued
+            cfg = replace(cfg, require_subscribers=True)
+            if "expiry=" not in urlsplit(url).query:  # and waits at the broker as long as a worker's session
+                cfg = replace(cfg, expiry=(DEFAULT_SESSION_EXPIRY, *cfg.expiry[1:]))
         yield MqttTransport(
             cfg.with_role("send", camera or cfg.stream),
             default_timeout=args.timeout,
@@ -687,7 +690,13 @@ async def _receive(args: argparse.Namespace) -> int:
             listening = f"live view on {url}; " + listening
         if listening and not args.json:
             print(f"layercast: {listening} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-        summary = await rx.run(count=args.count, idle_timeout=args.idle_timeout, until_closed=until_closed)
+        stop = asyncio.Event()
+        if scheme != "file":  # a service: SIGTERM/SIGINT stop it cleanly, with its summary printed
+            import signal
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        summary = await rx.run(count=args.count, idle_timeout=args.idle_timeout, until_closed=until_closed, stop=stop)
         if scheme == "webrtc" and args.count is not None and args.linger > 0:
             await rx.wait_transports_closed(args.linger)  # a sender may still be draining repairs
     doc = {**summary.to_dict(), "finals": finals}

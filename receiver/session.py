@@ -477,12 +477,22 @@ class ReceiveSession:
         count: int | None = None,
         idle_timeout: float | None = None,
         until_closed: bool = True,
+        stop: asyncio.Event | None = None,
     ) -> ReceiveSummary:
         """Receive until `count` images are final, or nothing arrived for `idle_timeout` seconds, or
-        (with `until_closed`) every transport added so far has closed. Open images are then finished."""
+        (with `until_closed`) every transport added so far has closed, or `stop` is set. Open images are
+        then finished, except after `stop`: a service stopping leaves them unacknowledged for the broker
+        to deliver again, rather than writing them incomplete."""
         loop = self._require_started()
         assert self._changed is not None
+        stopped = False
+        if stop is not None:
+            stop_task = asyncio.ensure_future(stop.wait())
+            stop_task.add_done_callback(lambda _: self._poke())
         while True:
+            if stop is not None and stop.is_set():
+                stopped = True
+                break
             if count is not None and self.summary.images >= count:
                 break
             if until_closed and self._readers_started and self._readers_done >= self._readers_started:
@@ -496,7 +506,11 @@ class ReceiveSession:
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), wait)
-        if count is None or self.summary.images < count:
+        if stop is not None:
+            stop_task.cancel()
+        if stopped:
+            await self.wait_decodes()
+        elif count is None or self.summary.images < count:
             await self.finish()
         else:
             await self.wait_decodes()

@@ -18,6 +18,7 @@ written to the spool's status.json.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -109,10 +110,8 @@ class SpoolService:
         while not stop.is_set():
             for path in self.scan():
                 await self._queue(path)
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.poll_s)
-            except asyncio.TimeoutError:
-                pass
 
     async def _status_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -118,7 +118,9 @@ class Proc:
 
     def stderr(self) -> str:
         return "".join(
-            p.with_suffix(".err").read_text(errors="replace") for p in self.stdout_files if p.with_suffix(".err").exists()
+            p.with_suffix(".err").read_text(errors="replace")
+            for p in self.stdout_files
+            if p.with_suffix(".err").exists()
         )
 
 

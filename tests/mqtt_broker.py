@@ -257,3 +257,50 @@ def start_broker(
     broker = Broker(directory, config, port, tls_port, tls_files)
     broker.start()
     return broker
+
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+"""The repository's deploy/ folder."""
+
+DEPLOY_ETC = "/etc/layercast/mosquitto/"
+"""Where deploy/mosquitto/mosquitto.conf expects its passwd, acl and certs."""
+
+
+def start_deploy_broker(tmp_path: Path, users: dict[str, str], *, debug_log: bool = True) -> Broker:
+    """Start deploy/mosquitto/mosquitto.conf as shipped, with only what a test host needs changed.
+
+    Its /etc/layercast/mosquitto/ paths and persistence_location move into `tmp_path`/etc and
+    `tmp_path`/etc/state; the listeners 8883 (all interfaces) and 1883 (loopback) become free loopback
+    ports (`broker.tls_port`, `broker.port`); as root, `user mosquitto` becomes the current user (who can
+    read pytest's tmp dirs). The ACL file is deploy/mosquitto/acl, the password file holds `users`, and
+    `debug_log` appends `log_type debug` (so a test sees "Denied PUBLISH").
+    """
+    import re
+
+    require_mosquitto()
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    tls = make_tls(directory / "certs")
+    assert {tls.ca.name, tls.cert.name, tls.key.name} == {"ca.crt", "server.crt", "server.key"}
+    shutil.copy(DEPLOY / "mosquitto" / "acl", directory / "acl")
+    write_passwords(directory / "passwd", users)
+    state = directory / "state"
+    state.mkdir()
+    tls_port, plain_port = free_port(), free_port()
+    text = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
+    assert re.search(r"^listener 8883$", text, re.M) and re.search(r"^listener 1883 127\.0\.0\.1$", text, re.M)
+    text = re.sub(r"^listener 8883$", f"listener {tls_port} 127.0.0.1", text, flags=re.M)
+    text = re.sub(r"^listener 1883 127\.0\.0\.1$", f"listener {plain_port} 127.0.0.1", text, flags=re.M)
+    text, n = re.subn(r"^persistence_location .*$", f"persistence_location {state}/", text, flags=re.M)
+    assert n == 1, "mosquitto.conf has no persistence_location"
+    text = text.replace(DEPLOY_ETC, f"{directory}/")
+    if os.geteuid() == 0:  # as root mosquitto would drop to "mosquitto", who cannot read pytest's tmp dir
+        text = re.sub(r"^user mosquitto$", f"user {getpass.getuser()}", text, flags=re.M)
+    if debug_log:
+        text += "log_type debug\n"
+    config = directory / "mosquitto.conf"
+    config.write_text(text)
+    assert DEPLOY_ETC not in text
+    broker = Broker(directory, config, plain_port, tls_port, tls)
+    broker.start()
+    return broker

@@ -63,7 +63,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from layercast.common import limits
-from layercast.common.errors import InputError, TransportClosed, TransportError, TransportTimeout
+from layercast.common.errors import (
+    InputError,
+    NoSubscribersError,
+    TransportClosed,
+    TransportError,
+    TransportTimeout,
+)
 from layercast.common.identity import is_camera_name
 from layercast.common.transport.base import FAMILIES, Transport
 
@@ -72,6 +78,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+NO_MATCHING_SUBSCRIBERS = 16
+"""MQTT 5 PUBACK reason code 0x10."""
 DEFAULT_PREFIX = "layercast"
 DEFAULT_QOS = (1, 0, 0)
 """QoS of (semantic, structure, texture)."""
@@ -161,6 +169,12 @@ class MqttConfig:
     connect_timeout: float = 10.0
     max_queued: int = 10_000
     """Received packets buffered before new ones are dropped (counted in `MqttStats.dropped_full`)."""
+    require_subscribers: bool = False
+    """Senders: a QoS 1 publish the broker answers with 'No matching subscribers' (MQTT 5 PUBACK
+    reason 16) raises NoSubscribersError instead of counting as sent. Mosquitto queues messages for
+    an offline client's persistent subscription, but not for a shared subscription group with no
+    member online (e.g. just after a broker restart, before the workers are back): a store-and-forward
+    sender keeps such an image and sends it again."""
     manual_ack: bool = False
     """Receivers: acknowledge QoS 1 messages only through `MqttTransport.ack` (see the module docstring)."""
 
@@ -351,6 +365,8 @@ class MqttStats:
     refused: int = 0
     reconnects: int = 0
     acked: int = 0
+    unrouted: int = 0
+    """QoS 1 publishes the broker acknowledged with 'No matching subscribers' (nobody got them)."""
     ack_dropped: int = 0
     """Acks not sent because their connection was lost (the broker resends those messages)."""
 
@@ -388,6 +404,7 @@ class MqttTransport(Transport):
         self._end: TransportError | None = None
         self._closing = False
         self._refused: dict[int, str] = {}
+        self._unrouted: set[int] = set()
         self._properties: dict[str, Any] = {}
         self._connection = 0
 
@@ -490,6 +507,8 @@ class MqttTransport(Transport):
         def on_publish(c: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
             if getattr(reason, "is_failure", False):
                 self._refused[mid] = str(reason)
+            elif getattr(reason, "value", 0) == NO_MATCHING_SUBSCRIBERS:
+                self._unrouted.add(mid)
             inner_on_publish(c, userdata, mid, reason, properties)
 
         setattr(paho, "publish", publish)  # noqa: B010 - instance attribute shadows the method
@@ -693,6 +712,16 @@ class MqttTransport(Transport):
                 if not lost.done():
                     await asyncio.wait((lost,), timeout=0.05)
                 continue
+            unrouted = [m for m in mids if m in self._unrouted]
+            self._unrouted.difference_update(unrouted)
+            if unrouted:
+                self.stats.unrouted += 1
+                if self.config.require_subscribers:
+                    raise NoSubscribersError(
+                        f"MQTT broker {self.where} took the publish to {topic!r} but no receiver subscribes to it "
+                        "(PUBACK 'No matching subscribers': none connected, or no member of a shared "
+                        "subscription group online); it was not delivered"
+                    )
             refused = [self._refused.pop(m) for m in mids if m in self._refused]
             if refused:
                 self.stats.refused += 1
