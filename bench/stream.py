@@ -270,13 +270,14 @@ def _repeat(repeats: int, run: Callable[[], Coroutine[Any, Any, dict[str, Any]]]
 
 
 def overhead(images: Sequence[Any], mtu: int = 1200) -> dict[str, Any]:
-    """Framing (+FEC) overhead over all images, as a fresh session would send them (stream id 1, image
-    ids 0, 1, ...); see the module docstring for the two payload definitions."""
+    """Framing (+FEC) overhead over all images, as a fresh session of camera "cam1" would send them
+    (its 3-byte stream id, image ids 0, 1, ...); see the module docstring for the two payload definitions."""
     from layercast.common.fec import FecPolicy
+    from layercast.common.identity import camera_id
     from layercast.proto import framing
     from layercast.sender.session import plan_packets
 
-    imgs = [dataclasses.replace(r.image, stream_id=1, image_id=i) for i, r in enumerate(images)]
+    imgs = [dataclasses.replace(r.image, stream_id=camera_id("cam1"), image_id=i) for i, r in enumerate(images)]
     units = sum(layer.nbytes for img in imgs for layer in img.layers)
     coded = units + sum(layer.descriptor.ByteSize() for img in imgs for layer in img.layers)
     coded += sum(img.header.ByteSize() for img in imgs)

@@ -153,6 +153,7 @@ class Assembler:
                 "duplicate",
                 "redundant",
                 "late",
+                "late_data",
                 "done_before",
                 "recovered",
                 "images",
@@ -160,8 +161,9 @@ class Assembler:
             0,
         )
         """Counters: packets seen, accepted, rejected, duplicates dropped, redundant (layer already
-        complete), late (image already finished), done_before (image finished in an earlier run, see
-        `already_done`), fragments recovered by FEC, images finished."""
+        complete), late (image already finished; late_data: of those, data rather than FEC repairs),
+        done_before (image finished in an earlier run, see `already_done`), fragments recovered by FEC,
+        images finished."""
 
     # --- public API -----------------------------------------------------------------------------------
 
@@ -183,6 +185,8 @@ class Assembler:
         key = (cam, iid)
         if key in self._finished:
             self.stats["late"] += 1
+            if p.bundle or p.fragment_index < p.fragment_count:
+                self.stats["late_data"] += 1  # not an FEC repair: the image's data again, or too late
             return []
         events: list[Event] = []
         img = self._images.get(key)

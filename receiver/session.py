@@ -153,7 +153,8 @@ class ReceiveSummary:
     decode_failures: int = 0
     packets: int = 0
     duplicates: int = 0
-    """Packets of images finished before (this run or, by their final.png, an earlier one)."""
+    """Data packets of images finished before (in this run, or in an earlier one by their final.png):
+    repeats a broker or sender delivered again (or fragments that came after their image's timeout)."""
     decoder: str = ""
     """The decoder actually running (e.g. "preview" when the SD decoder fell back)."""
     out_dir: str | None = None
@@ -419,9 +420,9 @@ class ReceiveSession:
         self.summary.packets += 1
         self.last_activity = now
         asm = self.assembler
-        before = asm.stats["done_before"] + asm.stats["late"]
+        before = asm.stats["done_before"] + asm.stats["late_data"]
         events = asm.receive(data, now, camera=camera)
-        self.summary.duplicates += asm.stats["done_before"] + asm.stats["late"] - before
+        self.summary.duplicates += asm.stats["done_before"] + asm.stats["late_data"] - before
         key = asm.last_key
         if on_done is not None:
             if key is None:

@@ -333,21 +333,26 @@ def report(r: dict[str, Any]) -> None:
     )
 
 
-def check_outputs(r: dict[str, Any]) -> dict[tuple[int, int], dict[str, set[str]]]:
+def _key(img: dict[str, Any]) -> tuple[str, int]:
+    """(camera, image id) of a sent image: receivers file it under its camera, else its stream id."""
+    return (img.get("camera") or str(img["stream_id"]), img["image_id"])
+
+
+def check_outputs(r: dict[str, Any]) -> dict[tuple[str, int], dict[str, set[str]]]:
     """Every sent image has stage PNGs, a final.png of its size and one ImageReady accounting for every layer
     the sender sent (complete, partial or missing); returns image -> {"complete"|"partial"|"missing": families}."""
     doc = r["send"]
     assert doc["failed"] == [] and len(doc["images"]) == len(r["sizes"])
-    ready = {(e["stream_id"], e["image_id"]): e for e in r["events"] if e["event"] == "ImageReady"}
+    ready = {(e["camera"], e["image_id"]): e for e in r["events"] if e["event"] == "ImageReady"}
     assert len(ready) == len(r["sizes"]), "one ImageReady per image"
-    complete: dict[tuple[int, int], set[str]] = {}
+    complete: dict[tuple[str, int], set[str]] = {}
     for e in r["events"]:
         if e["event"] == "LayerComplete":
-            complete.setdefault((e["stream_id"], e["image_id"]), set()).add(e["family"])
+            complete.setdefault((e["camera"], e["image_id"]), set()).add(e["family"])
     outcome = {}
     for img in doc["images"]:
-        key = (img["stream_id"], img["image_id"])
-        folder = r["out"] / str(key[0]) / str(key[1])
+        key = _key(img)
+        folder = r["out"] / key[0] / str(key[1])
         assert sorted(folder.glob("stage-*.png")), f"no stage for {img['name']} in {folder}"
         with Image.open(folder / "final.png") as final:
             assert final.size == r["sizes"][Path(img["name"]).name]
@@ -365,9 +370,9 @@ def check_outputs(r: dict[str, Any]) -> dict[tuple[int, int], dict[str, set[str]
     return outcome
 
 
-def sent_families(r: dict[str, Any]) -> dict[tuple[int, int], set[str]]:
+def sent_families(r: dict[str, Any]) -> dict[tuple[str, int], set[str]]:
     """Image -> the layer families the sender reported sending."""
-    return {(i["stream_id"], i["image_id"]): {x["family"] for x in i["layers"]} for i in r["send"]["images"]}
+    return {_key(i): {x["family"] for x in i["layers"]} for i in r["send"]["images"]}
 
 
 def test_cli_over_mqtt_across_lossy_link(netns_ok: None, tmp_path: Path) -> None:
