@@ -12,6 +12,7 @@ count runs the same images in the same way, in the same bench run, so 1 worker i
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import statistics
 import subprocess
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from layercast.bench.stream import mosquitto
+
+log = logging.getLogger(__name__)
 
 
 def _finals(out: Path) -> list[float]:
@@ -44,7 +47,9 @@ def _one(lcs: Path, port: int, cameras: int, per_camera: int, workers: int, tag:
         procs = []
         try:
             for n in range(workers):
-                url = f"mqtt://127.0.0.1:{port}/layercast?group=fleet&client_id={tag}-w{n}&session_expiry=60"
+                # a group of its own per run: the persistent sessions of an earlier run's (stopped) workers
+                # would otherwise stay members of the group and be queued their share of the messages
+                url = f"mqtt://127.0.0.1:{port}/layercast?group=fleet-{tag}&client_id={tag}-w{n}&session_expiry=60"
                 err = open(Path(tmp) / f"w{n}.err", "wb")  # noqa: SIM115 - closed with the process
                 procs.append(
                     subprocess.Popen(
@@ -78,6 +83,8 @@ def _one(lcs: Path, port: int, cameras: int, per_camera: int, workers: int, tag:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and len(_finals(out)) < total:
                 time.sleep(0.1)
+            if len(_finals(out)) < total:
+                log.warning("fleet bench: %d of %d images finished in 120 s", len(_finals(out)), total)
             for s in senders:
                 s.wait(timeout=30)
             times = sorted(_finals(out))

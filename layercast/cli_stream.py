@@ -216,6 +216,12 @@ def add_parsers(sub: Any) -> None:
         help="file: and WebRTC: the camera the packets come from when the sender names none (packets must match)",
     )
     r.add_argument("--password-file", metavar="FILE", help="MQTT password from this file (first line)")
+    r.add_argument(
+        "--end-session",
+        action="store_true",
+        help="MQTT: when this worker stops, end its broker session (a worker leaving the pool for good: while"
+        " its session exists, the broker keeps queueing its share of a group's messages for it)",
+    )
     r.add_argument("--key", help="sender key (hex or @FILE), or @FILE of 'STREAM_ID HEXKEY' lines")
     r.add_argument(
         "--web",
@@ -655,6 +661,7 @@ async def _receive(args: argparse.Namespace) -> int:
             from layercast.common.transport.mqtt import MqttTransport
 
             transport = MqttTransport(receiver_mqtt_config(args.on, args), offline_start=True)
+            transport.end_session_on_close = args.end_session
             await stack.enter_async_context(transport)
             rx.add_transport(transport, "mqtt")
             until_closed = False

@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -196,37 +196,59 @@ def layer_signature(layers: LayerSet) -> tuple[Any, ...]:
 
 class EventLog:
     """JSON lines appended to a file (or nowhere): each record gets `t` (s since the session start)
-    and `wall` (Unix time)."""
+    and `wall` (Unix time). Lines are written at most `flush_s` after they were logged, whole lines per
+    write call on an O_APPEND file, so workers sharing one output folder never interleave a line."""
 
-    def __init__(self, path: Path | None, t0: float) -> None:
+    def __init__(self, path: Path | None, t0: float, flush_s: float = 0.2) -> None:
         self.path = path
         self.t0 = t0
-        self._f: IO[str] | None = None
+        self.flush_s = flush_s
+        self._fd: int | None = None
+        self._pending: list[str] = []
+        self._flushed = time.monotonic()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, record: dict[str, Any], now: float) -> None:
-        if self._f is None:
+        if self._fd is None:
             return
         record["t"] = round(now - self.t0, 4)
         record["wall"] = round(time.time(), 3)
-        self._f.write(json.dumps(record, default=str) + "\n")
-        self._f.flush()
+        self._pending.append(json.dumps(record, default=str) + "\n")
+        if time.monotonic() - self._flushed >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending lines now."""
+        self._flushed = time.monotonic()
+        if self._fd is None or not self._pending:
+            return
+        data = "".join(self._pending).encode()
+        self._pending.clear()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        if self._fd is not None:
+            self.flush()
+            os.close(self._fd)
+            self._fd = None
 
 
 def save_png_fast(path: Path, rgb: np.ndarray) -> None:
-    """Write RGB uint8 as PNG with light compression (stages are written often)."""
-    from PIL import Image
+    """Write RGB uint8 as PNG with light compression (stages are written often). OpenCV's encoder:
+    ~25% faster than Pillow's at zlib level 1 on 512x512 stages, and it releases the GIL, so the
+    decode threads write in parallel."""
+    import cv2
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise InputError(f"cannot encode a {rgb.shape} stage as PNG")
     tmp = path.with_suffix(".tmp")
-    Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
+    tmp.write_bytes(buf.tobytes())
     tmp.replace(path)
 
 
@@ -504,6 +526,8 @@ class ReceiveSession:
                 if idle >= idle_timeout and not self._busy():
                     break
                 wait = min(wait, max(0.01, idle_timeout - idle))
+            if self._log is not None:
+                self._log.flush()  # a quiet moment: the event log is never more than a second behind
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), wait)
@@ -515,6 +539,8 @@ class ReceiveSession:
             await self.finish()
         else:
             await self.wait_decodes()
+        if self._log is not None:
+            self._log.flush()
         return self.summary
 
     # --- listeners ----------------------------------------------------------------------------------
@@ -566,6 +592,8 @@ class ReceiveSession:
             "partial": s.partial,
             "stages": s.stages,
             "rejected": s.rejected,
+            "duplicates": s.duplicates,
+            "decoder": s.decoder,
             "packets": s.packets,
             "assembler": dict(self.assembler.stats),
         }
@@ -688,8 +716,12 @@ class ReceiveSession:
                 if not job.final:
                     continue
                 rgb, ms, error = await asyncio.to_thread(self._fallback_decode, job.layers)
+                used = "preview (fallback)"
                 if rgb is None:  # even the preview decoder failed: a grey frame keeps the promise
                     rgb = np.full((job.layers.height, job.layers.width, 3), 128, np.uint8)
+                    used = "none (grey frame)"
+                await self._emit(cam, sid, iid, st, job, rgb, ms, reuse=False, decoder=used)
+                continue
             await self._emit(cam, sid, iid, st, job, rgb, ms, reuse=False)
         if st.pending is None and st.last_stage is not None and st.last_stage.final:
             self._states.pop((cam, iid), None)
@@ -734,8 +766,19 @@ class ReceiveSession:
         return rgb, (time.perf_counter() - t) * 1e3, None
 
     async def _emit(
-        self, cam: str, sid: int, iid: int, st: _ImageState, job: _Job, rgb: np.ndarray, ms: float, *, reuse: bool
+        self,
+        cam: str,
+        sid: int,
+        iid: int,
+        st: _ImageState,
+        job: _Job,
+        rgb: np.ndarray,
+        ms: float,
+        *,
+        reuse: bool,
+        decoder: str | None = None,
     ) -> None:
+        """Write and announce a stage; `decoder` names the one that made it when not the session's."""
         assert self._loop is not None
         rec = self._record(cam, sid, iid, self._loop.time())
         index = rec.stages if reuse else rec.stages + 1
@@ -760,7 +803,7 @@ class ReceiveSession:
             rgb=rgb,
             decode_ms=ms,
             time=now,
-            decoder=getattr(self.decoder, "name", "?"),
+            decoder=decoder or str(getattr(self.decoder, "name", "?")),
             path=path,
             complete=ready.complete if ready is not None else None,
             partial=ready.partial_families if ready is not None else (),
@@ -792,13 +835,19 @@ class ReceiveSession:
 
 
 def _copy(src: Path, dst: Path) -> None:
-    """Copy and make durable: `final.png` appears whole (written aside, synced, renamed), since its
-    existence is what tells a restarted receiver that the image is done."""
+    """`dst` becomes `src`'s content, durably and whole (a hard link made aside, synced, renamed; a copy
+    where links are not possible): its existence is what tells a restarted receiver the image is done."""
     tmp = dst.with_suffix(".part")
-    with open(tmp, "wb") as f:
-        f.write(src.read_bytes())
-        f.flush()
-        os.fsync(f.fileno())
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        tmp.write_bytes(src.read_bytes())
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     tmp.replace(dst)
 
 

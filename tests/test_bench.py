@@ -40,7 +40,7 @@ def test_bench_images_part_measures_against_baselines(
 def test_stream_bench_small_run(folder: Path) -> None:
     from layercast.bench import stream
 
-    res = stream.run(sorted(folder.iterdir()), link_images=2, throughput_images=12, repeats=1)
+    res = stream.run(sorted(folder.iterdir()), link_images=2, throughput_images=12, repeats=1, fleet_per_camera=3)
     assert res["link"]["layercast"]["complete"] == 2
     assert res["link"]["layercast"]["first_preview_s"] < res["link"]["jpeg_q1"]["full_image_s"]
     assert res["throughput"]["webrtc"]["finished"] == res["throughput"]["webrtc-bundle"]["finished"] == 12
@@ -50,5 +50,9 @@ def test_stream_bench_small_run(folder: Path) -> None:
     assert 0 < framing["bundled_no_fec"] < framing["per_layer_no_fec"] < framing["default_fec"]
     assert framing["bundled_no_fec"] < res["overhead"]["side_info_pct"]["bundled_no_fec"]
     assert len(res["throughput"]["webrtc"]["runs"]) == 1
+    fleet = res["fleet"]
+    if "skipped" not in fleet:  # 4 camera processes x 3 images through 1, then 2 worker processes
+        assert fleet["1_workers"]["finished"] == fleet["2_workers"]["finished"] == 12
+        assert fleet["1_workers"]["images_per_s"] > 0 and fleet["2_workers"]["images_per_s"] > 0
     text = stream.format_table(res)
-    assert "images/s" in text and "overhead" in text
+    assert "images/s" in text and "overhead" in text and "fleet" in text

@@ -25,7 +25,8 @@ async def test_live_page_updates_itself(tmp_path: Path) -> None:
     playwright_api = pytest.importorskip("playwright.async_api", reason="playwright is not installed")
     results = encoded_samples()
     a, b = memory_pair()
-    async with ReceiveSession(b) as rx, SendSession(a, stream_id=8) as tx:
+    b.camera = "cam8"  # as a WebRTC offer names its camera
+    async with ReceiveSession(b) as rx, SendSession(a, camera="cam8") as tx:
         view = LiveView(rx)
         async with view.serve("127.0.0.1", 0) as url, playwright_api.async_playwright() as pw:
             await tx.send_image(results[0].image)
@@ -34,20 +35,25 @@ async def test_live_page_updates_itself(tmp_path: Path) -> None:
             try:
                 page = await browser.new_page()
                 await page.goto(url)
-                img = page.locator("#stream-8 img")
+                img = page.locator("#stream-cam8 img")
                 await img.wait_for(timeout=10_000)
-                await page.wait_for_function("document.querySelector('#stream-8 img').naturalWidth > 0", timeout=10_000)
+                await page.wait_for_function(
+                    "document.querySelector('#stream-cam8 img').naturalWidth > 0", timeout=10_000
+                )
                 assert await img.get_attribute("data-image") == "0"
                 await tx.send_image(results[1].image)  # no reload: the page must notice by itself
                 await rx.run(count=2, until_closed=False)
                 await page.wait_for_function(
-                    "document.querySelector('#stream-8 img').dataset.image === '1'"
-                    " && document.querySelector('#stream-8 img').complete",
+                    "document.querySelector('#stream-cam8 img').dataset.image === '1'"
+                    " && document.querySelector('#stream-cam8 img').complete",
                     timeout=10_000,
                 )
                 await asyncio.sleep(0.2)
-                meta = await page.locator("#stream-8 .meta").text_content()
-                assert meta is not None and "image 1" in meta and "final" in meta
+                meta = await page.locator("#stream-cam8 .meta").text_content()
+                assert meta is not None and "image 1" in meta and "final" in meta and "preview" in meta
+                title = await page.locator("#stream-cam8 b").text_content()
+                status = await page.locator("#status").text_content()
+                assert title == "camera cam8" and status is not None and "decoder: preview" in status
                 shot = tmp_path / "liveview.png"
                 await page.screenshot(path=str(shot))
                 assert shot.stat().st_size > 1000

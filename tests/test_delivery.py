@@ -102,3 +102,41 @@ async def test_restarted_receiver_drops_images_it_already_wrote(tmp_path: Path) 
         (pkt,) = packetize(one)
         rx.feed(encode_packet(pkt), camera="cam1", on_done=lambda: acked.append(0))
         assert acked == [0] and rx.summary.duplicates == 1
+
+
+@pytest.mark.mqtt
+@pytest.mark.timeout(60)
+async def test_stopped_group_member_takes_its_share_until_it_ends_its_session(tmp_path: Path) -> None:
+    """Mosquitto keeps a persistent member of a shared-subscription group in the rotation while it is
+    offline (its share waits in its session); `end_session_on_close` takes a retiring worker out."""
+    broker = start_broker(tmp_path)
+
+    def member(cid: str) -> MqttTransport:
+        cfg = MqttConfig(host="127.0.0.1", port=broker.port, group="g", client_id=cid, session_expiry=60)
+        return MqttTransport(cfg)
+
+    async def share_of_w2(n: int) -> int:
+        got = 0
+        async with (
+            member("w2") as w2,
+            MqttTransport(MqttConfig(host="127.0.0.1", port=broker.port, role="send", stream="cam1")) as tx,
+        ):
+            for i in range(n):
+                await tx.send(bytes([i]), family="semantic")
+            while True:
+                try:
+                    await w2.recv_message(timeout=1.0)
+                except Exception:
+                    return got
+                got += 1
+
+    try:
+        async with member("w1"), member("w2"):
+            pass  # both sessions exist, both members of group g
+        assert await share_of_w2(6) < 6, "the stopped w1 keeps taking its share"
+        w1 = member("w1")
+        async with w1:
+            w1.end_session_on_close = True  # retire w1 (after it drained: here it has nothing left to do)
+        assert await share_of_w2(6) == 6
+    finally:
+        broker.stop()

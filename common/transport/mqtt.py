@@ -285,6 +285,18 @@ class MqttConfig:
         return replace(self, role=role, stream=self.stream if stream is None else stream)
 
 
+def _disconnect_ending_session(client: aiomqtt.Client) -> None:
+    """Make the client's next DISCONNECT carry Session Expiry Interval 0 (MQTT 5: the session ends)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.DISCONNECT)
+    props.SessionExpiryInterval = 0
+    paho = client._client
+    inner = paho.disconnect
+    setattr(paho, "disconnect", lambda *a, **k: inner(properties=props))  # noqa: B010 - one-off instance override
+
+
 def _family_index(family: str) -> int:
     try:
         return FAMILIES.index(family)
@@ -391,6 +403,10 @@ class MqttTransport(Transport):
         super().__init__()
         self.config = config
         self.offline_start = offline_start and config.reconnect
+        self.end_session_on_close = False
+        """Close with a DISCONNECT that sets the session expiry to 0, so the broker drops this client's
+        session: for a worker leaving a shared-subscription group for good (while its persistent session
+        exists, Mosquitto keeps handing it its share of the group's messages, queued for nobody)."""
         if default_timeout is not None:
             self.default_timeout = default_timeout
         self.stats = MqttStats()
@@ -659,6 +675,8 @@ class MqttTransport(Transport):
                 await self._task
         if client is not None and self._online.is_set():
             self._set_offline()
+            if self.end_session_on_close:
+                _disconnect_ending_session(client)
             await self._drop(client)
         self._finish(TransportClosed(f"MQTT transport to {self.where} is closed"))
 
