@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -204,6 +205,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("layercast: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file or folder the command could not read or write
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(args, type(exc).__name__, f"{where}{exc.strerror or exc}", 1)
+    except Exception as exc:  # a bug: one line (the traceback with LAYERCAST_DEBUG=1), never a crash dump
+        if os.environ.get("LAYERCAST_DEBUG"):
+            raise
+        text = f"internal error {type(exc).__name__}: {exc} (LAYERCAST_DEBUG=1 shows the traceback; please report)"
+        return _fail(args, "InternalError", text, 70)
+
+
+def _fail(args: argparse.Namespace, error: str, message: str, code: int) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps({"error": error, "message": message}))
+    print(f"layercast: error: {message}", file=sys.stderr)
+    return code
 
 
 # --- encode ----------------------------------------------------------------------------------------------

@@ -695,7 +695,7 @@ async def _receive(args: argparse.Namespace) -> int:
         if view is not None:
             url = await stack.enter_async_context(view.serve(args.web_host, args.web))
             listening = f"live view on {url}; " + listening
-        if listening and not args.json:
+        if listening:  # stderr, also with --json (stdout carries the JSON)
             print(f"layercast: {listening} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         stop = asyncio.Event()
         if scheme != "file":  # a service: SIGTERM/SIGINT stop it cleanly, with its summary printed

@@ -215,6 +215,9 @@ _FRAGMENT_FIELDS = frozenset(
 def _validate_bundle(packet: pb.Packet) -> None:
     if len(packet.bundle) > limits.MAX_BUNDLED_LAYERS:
         raise LimitError(f"packet bundles {len(packet.bundle)} layers, more than {limits.MAX_BUNDLED_LAYERS}")
+    if packet.priority + len(packet.bundle) - 1 >= 2**32:
+        # bundled layer i gets priority + i (see `unbundle`), which must stay a uint32
+        raise LimitError(f"bundle priority {packet.priority} leaves no room for its {len(packet.bundle)} layers")
     stray = [f.name for f, _ in packet.ListFields() if f.name in _FRAGMENT_FIELDS]
     if stray:
         raise BitstreamError(f"a bundled packet carries fragment fields ({', '.join(stray)})")
@@ -539,8 +542,12 @@ def collect_units(unit_count: int, fragments: Iterable[pb.Packet]) -> list[bytes
             continue
         if frag.part_count > 1:
             if frag.unit_first < unit_count:
+                known = slice_counts.setdefault(frag.unit_first, frag.part_count)
+                if known != frag.part_count:
+                    raise BitstreamError(
+                        f"fragments cut unit {frag.unit_first} into {known} and into {frag.part_count} slices"
+                    )
                 slices.setdefault(frag.unit_first, {})[frag.part_index] = frag.payload
-                slice_counts[frag.unit_first] = frag.part_count
             continue
         data = frag.payload
         pos = 0

@@ -157,6 +157,7 @@ class Assembler:
                 "done_before",
                 "recovered",
                 "images",
+                "internal_errors",
             ),
             0,
         )
@@ -173,7 +174,21 @@ class Assembler:
 
     def receive(self, data: bytes, now: float, *, camera: str | None = None) -> list[Event]:
         """Process one packet's wire bytes received at `now` from `camera` (None: the transport names
-        no camera; the packet is filed under its stream id); returns the events it caused."""
+        no camera; the packet is filed under its stream id); returns the events it caused.
+
+        Never raises: a packet that trips an unexpected error (a bug this packet found) becomes a
+        PacketRejected with error "InternalError: <type>", like any other refused packet."""
+        try:
+            return self._receive(data, now, camera)
+        except Exception as exc:  # no packet may stop a receiver: counted and reported
+            self.last_key = None
+            self.stats["rejected"] += 1
+            self.stats["internal_errors"] += 1
+            return [
+                PacketRejected(None, None, f"{type(exc).__name__}: {exc}"[:300], "InternalError", now, camera or "")
+            ]
+
+    def _receive(self, data: bytes, now: float, camera: str | None) -> list[Event]:
         self.stats["packets"] += 1
         self.last_key = None
         try:
@@ -293,6 +308,13 @@ class Assembler:
             L = self._new_layer(p)
         else:
             self._check_consistent(L, p)
+            if p.part_count > 1 and p.fragment_index < L.k:
+                for g in L.frags.values():
+                    if g.part_count > 1 and g.unit_first == p.unit_first and g.part_count != p.part_count:
+                        raise BitstreamError(
+                            f"fragment cuts unit {p.unit_first} into {p.part_count} slices; an earlier one"
+                            f" into {g.part_count}"
+                        )
         idx = p.fragment_index
         redundant = L.complete or L.failed
         duplicate = not redundant and idx in L.frags

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from layercast.common.errors import InputError, LayercastError, TransportClosed, TransportError
+from layercast.common.errors import InputError, LayercastError, TransportClosed, TransportError, TransportTimeout
 from layercast.common.replay import KeyRing
 from layercast.common.transport.base import Transport
 from layercast.common.types import LayerSet
@@ -407,12 +407,20 @@ class ReceiveSession:
                 try:
                     if recv_message is not None:  # MQTT: the topic names each message's camera; ack once done
                         msg = await recv_message(timeout=3600.0)
-                        self.feed(msg.payload, camera=msg.stream, on_done=functools.partial(ack, msg) if ack else None)
-                        continue
-                    data = await transport.recv(timeout=3600.0)
+                        data, cam = msg.payload, msg.stream
+                        done = functools.partial(ack, msg) if ack else None
+                    else:
+                        data, cam, done = await transport.recv(timeout=3600.0), camera, None
+                except TransportTimeout:
+                    continue  # an idle hour is not the end of a link
                 except TransportClosed:
                     break
-                self.feed(data, camera=camera)
+                try:
+                    self.feed(data, camera=cam, on_done=done)
+                except Exception as exc:  # no packet may stop a reader: counted, logged, and on to the next
+                    self.summary.rejected += 1
+                    self._count_reject("InternalError")
+                    log.exception("packet from %s raised %s; rejected", label, type(exc).__name__)
         except TransportError as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("transport %s ended: %s", label, reason)
