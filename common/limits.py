@@ -32,5 +32,11 @@ MAX_PEOPLE = 64
 MAX_FILE_PACKETS = 1_000_000
 """Largest number of packets read from one .lcs container."""
 
+MAX_RENDER_PIXELS = 4_194_304
+"""Most pixels a decoder renders (2048 x 2048): a header's declared size is a request, not an order, so
+a 53-byte stream declaring 16384 x 16384 is rendered at 2048 x 2048 (aspect kept), not at 1 GB. Change it
+like Pillow's ``Image.MAX_IMAGE_PIXELS`` (``layercast.common.limits.MAX_RENDER_PIXELS = ...``), or with
+``--max-pixels`` on decode and receive."""
+
 MAX_BUNDLED_LAYERS = 8
 """Largest number of further layers one bundled packet may carry."""

@@ -88,6 +88,18 @@ class Colormap:
 Structure = EdgeMap | PoseLayer
 
 
+def render_size(width: int, height: int, max_pixels: int | None = None) -> tuple[int, int]:
+    """`width` x `height`, scaled down with its aspect ratio to at most `max_pixels` (default
+    `limits.MAX_RENDER_PIXELS`, read at call time)."""
+    from layercast.common import limits
+
+    cap = limits.MAX_RENDER_PIXELS if max_pixels is None else max_pixels
+    if width * height <= cap:
+        return width, height
+    scale = (cap / (width * height)) ** 0.5
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
 @dataclass
 class LayerSet:
     """The layers available to a decoder; any may be missing (None)."""
@@ -98,12 +110,18 @@ class LayerSet:
     texture: Colormap | None = None
 
     @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) to render: the header's size, scaled down (aspect kept) to at most
+        `limits.MAX_RENDER_PIXELS`; 512 x 512 when the header gives none."""
+        return render_size(int(self.header.width) or 512, int(self.header.height) or 512)
+
+    @property
     def width(self) -> int:
-        return int(self.header.width) or 512
+        return self.size[0]
 
     @property
     def height(self) -> int:
-        return int(self.header.height) or 512
+        return self.size[1]
 
     @property
     def seed(self) -> int:

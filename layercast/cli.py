@@ -103,6 +103,13 @@ def add_decoder_options(p: argparse.ArgumentParser) -> None:
     from layercast.receiver.models import add_sd_arguments
 
     p.add_argument("--decoder", default="preview", choices=["preview", "sd"], help="decoder (default preview, CPU)")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        help="render at most N pixels per image (a header's size is a request; larger declarations are scaled"
+        " down, aspect kept; default 4194304 = 2048x2048)",
+    )
     add_sd_arguments(p)
 
 
@@ -195,6 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from layercast import cli_stream
 
     handler = HANDLERS.get(args.command) or cli_stream.HANDLERS[args.command]
+    if getattr(args, "max_pixels", None) is not None:
+        from layercast.common import limits
+
+        if args.max_pixels < 1:
+            print("layercast: error: --max-pixels must be at least 1", file=sys.stderr)
+            return 2
+        limits.MAX_RENDER_PIXELS = args.max_pixels
     try:
         return int(handler(args) or 0)
     except LayercastError as exc:

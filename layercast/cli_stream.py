@@ -85,7 +85,7 @@ examples:
 DEMO_EPILOG = """\
 The demo encodes the sample images, connects a sender and a receiver through a real WebRTC connection
 on 127.0.0.1 (aiortc), emulates a thin lossy link on the sender side, and prints when each layer
-arrived. Progressive stages land in OUT/<stream>/<image>/stage-<n>.png.
+arrived. Progressive stages land in OUT/demo/<image>/stage-<n>.png (the demo sender is camera "demo").
 
 examples:
   layercast demo
@@ -759,7 +759,7 @@ async def _demo(args: argparse.Namespace) -> int:
     rx = ReceiveSession(decoder=decoder, out_dir=out, image_timeout=max(1.0, 4 * delay + 0.5))
     server = WebRTCServer("127.0.0.1", 0, config, on_transport=rx.serve_transport)
     async with rx, server:
-        transport = await connect_webrtc(server.url, config, timeout=30)
+        transport = await connect_webrtc(server.url, config, timeout=30, camera="demo")
         t_connected = time.perf_counter()
         session = SendSession(
             transport,
@@ -768,7 +768,7 @@ async def _demo(args: argparse.Namespace) -> int:
             rate_bps=args.rate,
             link_model=model,
             reliable_families=reliable,
-            stream_id=1,
+            camera="demo",
             bundle=args.bundle,
         )
         async with session:
@@ -780,7 +780,7 @@ async def _demo(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t_start
     rows: list[dict[str, Any]] = []
     for rep in reports:
-        rec = rx.records.get((str(rep.stream_id), rep.image_id))
+        rec = rx.records.get((rep.camera or str(rep.stream_id), rep.image_id))
         layers: dict[str, Any] = {}
         for fam in ("semantic", "structure", "texture"):
             arr = rec.layers.get(fam) if rec else None
@@ -865,7 +865,7 @@ async def _demo(args: argparse.Namespace) -> int:
         f"{s.images} image(s), {s.stages} stage(s), {s.complete} complete, {s.partial} partial, "
         f"{s.cancelled} stale decode(s) cancelled; {elapsed:.1f} s in all"
     )
-    print(f"output: {out}/<stream>/<image>/stage-<n>.png and final.png; events: {s.events_log}")
+    print(f"output: {out}/demo/<image>/stage-<n>.png and final.png; events: {s.events_log}")
     return 0
 
 

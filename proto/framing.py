@@ -21,6 +21,7 @@ import struct
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import cast
 
+import google_crc32c
 from google.protobuf.message import DecodeError
 
 from layercast.common import limits
@@ -50,29 +51,13 @@ _KNOWN_CODECS = frozenset(v for v in pb.CodecId.values() if v != pb.CODEC_ID_UNS
 _KNOWN_KINDS = frozenset(int(k) for k in LayerKind)
 
 
-# --- CRC-32C (Castagnoli), table driven -------------------------------------------------------------
-
-
-def _make_table() -> list[int]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC_TABLE = _make_table()
+# --- CRC-32C (Castagnoli) ----------------------------------------------------------------------------
 
 
 def crc32c(data: bytes, crc: int = 0) -> int:
-    """CRC-32C of `data` (iSCSI polynomial), continuing from `crc`."""
-    crc ^= 0xFFFFFFFF
-    table = _CRC_TABLE
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+    """CRC-32C of `data` (iSCSI polynomial), continuing from `crc`: google-crc32c's C implementation
+    (~0.02 ms for 64 KiB where a Python table loop took ~7 ms, so refusing junk stays cheap)."""
+    return int(google_crc32c.extend(crc, data))
 
 
 # --- varints ------------------------------------------------------------------------------------------
@@ -359,6 +344,11 @@ def validate_descriptor(desc: pb.LayerDescriptor, kind: LayerKind) -> None:
         if e.stripe_rows < 1 or desc.unit_count != -(-e.height // e.stripe_rows):
             raise LimitError(
                 f"edge map of height {e.height} in stripes of {e.stripe_rows} rows cannot have {desc.unit_count} units"
+            )
+    elif want == "prompt":
+        if desc.unit_count != (2 if desc.prompt.has_negative else 1):
+            raise LimitError(
+                f"prompt layer declares {desc.unit_count} units; it has 1 (the prompt) or 2 (with a negative)"
             )
     elif want == "colormap":
         c = desc.colormap

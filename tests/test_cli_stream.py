@@ -116,7 +116,7 @@ def test_demo_runs_and_writes_stages(tmp_path: Path, capsys: pytest.CaptureFixtu
     for row in doc["images"]:
         assert row["layers"]["semantic"]["ms"] >= 50, "arrival includes the emulated one-way delay"
         assert row["stages"] >= 1 and Path(row["final"]).is_file()
-    assert list(out.glob("1/*/stage-1.png")) and doc["seconds"]["total"] < 60
+    assert list(out.glob("demo/*/stage-1.png")) and doc["seconds"]["total"] < 60
     assert main(["demo", "--limit", "1", "--out", str(out), "--rate", "40k", *ENCODE_FLAGS]) == 0
     text = capsys.readouterr().out
     assert "semantic" in text and f"output: {out}" in text

@@ -106,3 +106,42 @@ def test_live_mqtt_receiver_survives_them_and_decodes_what_follows(tmp_path: Pat
     assert summary["reject_reasons"].get("InternalError", 0) == 0
     assert summary["reject_reasons"].get("LimitError") == 1 and summary["reject_reasons"].get("BitstreamError", 0) >= 2
     assert summary["images"] >= 3 and "Traceback" not in rx.stderr()
+
+
+def test_declared_size_is_a_request_not_an_order(tmp_path: Path) -> None:
+    """A stream declaring 16384 x 16384 (edges and colours included) renders at the pixel cap, aspect kept;
+    `--max-pixels` moves the cap."""
+    import dataclasses
+    import resource
+    import time
+
+    from layercast.common import limits
+    from layercast.receiver.layers import layerset_from_image
+    from layercast.receiver.preview import PreviewDecoder
+    from tests.session_helpers import read_png
+
+    img = encoded_samples()[0].image
+    header = pb.ImageHeader()
+    header.CopyFrom(img.header)
+    header.width, header.height = 16384, 8192
+    (bomb,) = framing.container_to_images(framing.images_to_container([dataclasses.replace(img, header=header)]))
+    layers = layerset_from_image(bomb)
+    assert layers.size == (2896, 1448) and layers.width * layers.height <= limits.MAX_RENDER_PIXELS
+    decoder = PreviewDecoder()
+    decoder.decode(layerset_from_image(img))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    assert decoder.decode(layers).shape == (1448, 2896, 3)
+    # generous guards (the figures are in the fuzz campaign): before the cap this took 6-10 s and 2 GB
+    assert time.perf_counter() - t < 5 and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 200 * 1024
+    lcs = tmp_path / "bomb.lcs"
+    lcs.write_bytes(framing.images_to_container([bomb]))
+    out = tmp_path / "b.png"
+    run = subprocess.run(
+        [sys.executable, "-m", "layercast", "decode", str(lcs), "-o", str(out), "--max-pixels", "20000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert read_png(out).shape == (100, 200, 3)

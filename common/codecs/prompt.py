@@ -47,6 +47,7 @@ class Utf8PromptCodec(LayerCodec):
         return EncodedLayer(LayerKind.SEMANTIC, desc, [t.encode("utf-8", "surrogatepass") for t in texts])
 
     def decompress(self, descriptor: pb.LayerDescriptor, units: Sequence[bytes | None]) -> Prompt:
+        _check_units(descriptor, units)
         return _decode_texts(units, bytes, "prompt unit is not valid UTF-8")
 
 
