@@ -29,7 +29,30 @@ from google.protobuf.descriptor import FieldDescriptor
 from layercast.common.errors import LayercastError
 from layercast.proto import framing, pb
 
-INTERESTING = (0, 1, 2, 3, 7, 8, 15, 16, 31, 32, 63, 64, 127, 128, 255, 256, 4095, 4096, 4097, 16383, 16384, 16385)
+INTERESTING: tuple[int, ...] = (
+    0,
+    1,
+    2,
+    3,
+    7,
+    8,
+    15,
+    16,
+    31,
+    32,
+    63,
+    64,
+    127,
+    128,
+    255,
+    256,
+    4095,
+    4096,
+    4097,
+    16383,
+    16384,
+    16385,
+)
 INTERESTING += (65535, 65536, 2**31 - 1, 2**31, 2**32 - 1)
 _UINT_MAX = {FieldDescriptor.TYPE_UINT32: 2**32 - 1, FieldDescriptor.TYPE_UINT64: 2**64 - 1}
 

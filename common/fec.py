@@ -233,6 +233,8 @@ def recover(fragments: Sequence[pb.Packet]) -> list[pb.Packet]:
         raise BitstreamError("repair fragments of one layer differ in size or are too short")
     if any(block_size(p) > size for p in data.values()):
         raise BitstreamError("a data fragment is larger than the layer's FEC block size")
+    if any(max(p.part_count, p.part_index, p.unit_first, p.header.ByteSize()) > 0xFFFF for p in data.values()):
+        raise BitstreamError("a data fragment's unit index or slice does not fit an FEC block (above 65535)")
     # zfec wants primary block i at position i; repair blocks fill the other positions.
     slots: list[tuple[bytes, int] | None] = [(_block(data[i], size), i) if i in data else None for i in range(k)]
     spare = iter(sorted(repair.items()))

@@ -3,13 +3,20 @@
 A keyed stream numbers its packets with `Packet.sequence`, starting at 1 and strictly increasing per
 stream. :class:`ReplayWindow` accepts each sequence number once, within a 64-entry sliding window
 (as IPsec/DTLS do): a number seen before is a replay, one more than 64 behind the newest is too old.
-Keys are per sender: a :class:`KeyRing` holds one key for every stream and/or a key per stream id.
+Senders start their sequence at the wall clock in milliseconds, so a window refuses a number more than
+`max_ahead` ms ahead of its own clock: a key holder cannot push a camera's window into the far future
+(2**64 - 1) and lock its genuine packets out. :class:`ReplayStore` keeps each window's newest number
+on disk, so a restarted receiver still refuses packets captured before the restart.
+
+Keys are per camera: a :class:`KeyRing` holds keys by camera name (`common.identity`), by stream id,
+and/or one default key. A packet keyed for camera A never authenticates as camera B.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,19 +32,30 @@ MAX_KEY_BYTES = 1024
 class ReplayWindow:
     """Sliding bitmap over sequence numbers of one stream; check after authenticating, then update."""
 
-    def __init__(self, size: int = 64) -> None:
+    def __init__(self, size: int = 64, *, top: int = 0, max_ahead: int | None = None) -> None:
+        """`top`: the newest number seen in an earlier run (everything up to it counts as seen).
+        `max_ahead`: refuse numbers more than this many ms ahead of the wall clock (None: no bound)."""
         if not 1 <= size <= 4096:
             raise InputError(f"replay window size must be in 1..4096, got {size}")
         self.size = size
-        self.top = 0
+        self.top = top
         """Highest sequence number accepted so far (0 = none)."""
-        self._seen = 0  # bit i set: sequence top - i was accepted
+        self._seen = (1 << size) - 1 if top else 0  # bit i set: sequence top - i was accepted
+        self.max_ahead = max_ahead
 
-    def check(self, seq: int) -> None:
-        """Raise AuthError if `seq` is missing (0), already accepted, or too old; no state change."""
+    def check(self, seq: int, now_ms: float | None = None) -> None:
+        """Raise AuthError if `seq` is missing (0), already accepted, too old, or (with `max_ahead`) too far
+        ahead of `now_ms` (default: the wall clock); no state change."""
         if seq <= 0:
             raise AuthError("packet has no sequence number (keyed streams number packets from 1)")
         if seq > self.top:
+            if self.max_ahead is not None:
+                clock = time.time() * 1000 if now_ms is None else now_ms
+                if seq > clock + self.max_ahead:
+                    raise AuthError(
+                        f"sequence {seq} is ahead of this receiver's clock by more than {self.max_ahead} ms"
+                        " (a forged far-future number, or a sender clock far off)"
+                    )
             return
         behind = self.top - seq
         if behind >= self.size:
@@ -101,19 +119,39 @@ def new_key() -> bytes:
 
 @dataclass(frozen=True)
 class KeyRing:
-    """Sender keys: `streams` maps a stream id to its key; `default` serves every other stream."""
+    """Sender keys: `cameras` maps a camera name to its key, `streams` a stream id; `default` serves
+    every other camera or stream."""
 
     default: bytes | None = None
     streams: Mapping[int, bytes] = field(default_factory=dict)
+    cameras: Mapping[str, bytes] = field(default_factory=dict)
 
     @property
     def keyed(self) -> bool:
         """True when any key is set (then every packet must authenticate)."""
-        return self.default is not None or bool(self.streams)
+        return self.default is not None or bool(self.streams) or bool(self.cameras)
+
+    @property
+    def per_sender(self) -> bool:
+        """True when keys differ by camera or stream (the key is chosen per packet)."""
+        return bool(self.streams) or bool(self.cameras)
 
     def key_for(self, stream_id: int) -> bytes | None:
-        """The key of a stream, or None when no key applies to it."""
-        return self.streams.get(stream_id, self.default)
+        """The key of a stream id (a camera's key matches its `camera_id`), or None when none applies."""
+        key = self.streams.get(stream_id)
+        if key is None and self.cameras:
+            from layercast.common.identity import camera_id
+
+            key = next((k for name, k in self.cameras.items() if camera_id(name) == stream_id), None)
+        return key if key is not None else self.default
+
+    def key_for_camera(self, camera: str) -> bytes | None:
+        """The key of a named camera (its own, else the one of its stream id, else the default)."""
+        if camera in self.cameras:
+            return self.cameras[camera]
+        from layercast.common.identity import camera_id
+
+        return self.streams.get(camera_id(camera), self.default)
 
 
 def as_keyring(key: bytes | Mapping[int, bytes] | KeyRing | None) -> KeyRing:
@@ -129,7 +167,8 @@ def as_keyring(key: bytes | Mapping[int, bytes] | KeyRing | None) -> KeyRing:
 
 def load_keyring(spec: str | os.PathLike[str]) -> KeyRing:
     """One key (hex or key file, see :func:`load_key`) for all streams, or a key-ring file of lines
-    ``STREAM_ID HEXKEY`` (``*`` as the id sets the default; ``#`` starts a comment)."""
+    ``CAMERA HEXKEY`` (a camera name), ``STREAM_ID HEXKEY`` (a number), or ``* HEXKEY`` (the default);
+    ``#`` starts a comment. Keep it mode 0600: it holds secrets."""
     path = Path(os.fspath(spec))
     if path.is_file():
         try:
@@ -138,15 +177,56 @@ def load_keyring(spec: str | os.PathLike[str]) -> KeyRing:
             lines = []
         lines = [ln for ln in lines if ln]
         if lines and all(len(ln) == 2 for ln in lines):
+            from layercast.common.identity import is_camera_name
+
             default: bytes | None = None
             streams: dict[int, bytes] = {}
+            cameras: dict[str, bytes] = {}
             for sid, hexkey in lines:
                 key = _parse_hex(hexkey, f"key-ring {path} entry {sid}")
                 if sid == "*":
                     default = key
                 elif sid.isdigit():
                     streams[int(sid)] = key
+                elif is_camera_name(sid):
+                    cameras[sid] = key
                 else:
-                    raise InputError(f"key-ring {path}: stream id {sid!r} must be a number or '*'")
-            return KeyRing(default=default, streams=streams)
+                    raise InputError(f"key-ring {path}: {sid!r} is neither a camera name, a stream id nor '*'")
+            return KeyRing(default=default, streams=streams, cameras=cameras)
     return KeyRing(default=load_key(spec))
+
+
+class ReplayStore:
+    """The newest accepted sequence number of each stream, kept in a folder (one small file per stream,
+    rewritten in place on every advance: one write, no fsync), so a receiver restarted after a crash
+    refuses what it accepted before. A power cut may lose the last writes; a process kill does not."""
+
+    def __init__(self, folder: Path | str) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._fds: dict[str, int] = {}
+
+    def load(self) -> dict[str, int]:
+        """{stream label: newest sequence} as saved."""
+        tops: dict[str, int] = {}
+        for path in self.folder.iterdir():
+            if path.name.isdigit():
+                try:
+                    tops[path.name] = int(path.read_text().split()[0])
+                except (OSError, ValueError, IndexError):
+                    continue
+        return tops
+
+    def save(self, label: str, top: int) -> None:
+        """Record `top` as stream `label`'s newest sequence."""
+        fd = self._fds.get(label)
+        if fd is None:
+            if not label.isdigit():
+                raise InputError(f"replay store keys are stream ids, got {label!r}")
+            fd = self._fds[label] = os.open(self.folder / label, os.O_RDWR | os.O_CREAT, 0o600)
+        os.pwrite(fd, f"{top:020d}\n".encode(), 0)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

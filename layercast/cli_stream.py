@@ -169,7 +169,11 @@ def add_parsers(sub: Any) -> None:
         metavar="URL",
         help="webrtc://HOST:PORT, mqtt://BROKER/PREFIX/STREAM, file:PATH or file:-",
     )
-    s.add_argument("--key", help="sender key: hex digits, or @FILE (packets are then authenticated)")
+    s.add_argument(
+        "--key",
+        help="sender key: hex digits, or @FILE (one key, or a 'CAMERA HEXKEY' ring: this camera's line);"
+        " packets are then authenticated",
+    )
     s.add_argument(
         "--camera",
         metavar="NAME",
@@ -222,7 +226,11 @@ def add_parsers(sub: Any) -> None:
         help="MQTT: when this worker stops, end its broker session (a worker leaving the pool for good: while"
         " its session exists, the broker keeps queueing its share of a group's messages for it)",
     )
-    r.add_argument("--key", help="sender key (hex or @FILE), or @FILE of 'STREAM_ID HEXKEY' lines")
+    r.add_argument(
+        "--key",
+        help="sender key (hex or @FILE), or @FILE of 'CAMERA HEXKEY' lines (a key per camera; a packet keyed"
+        " for one camera never lands in another's folder; '* HEXKEY' for the rest)",
+    )
     r.add_argument(
         "--web",
         type=int,
@@ -271,7 +279,8 @@ def add_parsers(sub: Any) -> None:
 
 
 def load_key_arg(spec: str | None) -> Any:
-    """--key: hex digits, or @FILE (one key, or a key ring of 'STREAM_ID HEXKEY' lines)."""
+    """--key: hex digits, or @FILE (one key, or a key ring of 'CAMERA HEXKEY' / 'STREAM_ID HEXKEY' /
+    '* HEXKEY' lines)."""
     if spec is None:
         return None
     from layercast.common.replay import load_key, load_keyring
@@ -281,7 +290,7 @@ def load_key_arg(spec: str | None) -> Any:
         if not Path(path).is_file():
             raise InputError(f"key file {path!r} does not exist")
         ring = load_keyring(path)
-        return ring.default if ring.default is not None and not ring.streams else ring
+        return ring.default if ring.default is not None and not ring.per_sender else ring
     return load_key(spec)
 
 
@@ -456,8 +465,11 @@ def _send_session(args: argparse.Namespace, transport: Any, camera: str | None, 
 
     scheme = _scheme(args.to)
     key = load_key_arg(args.key)
-    if key is not None and not isinstance(key, bytes):
-        raise InputError("a sender takes one key (hex or @FILE with one key), not a key ring")
+    if key is not None and not isinstance(key, bytes):  # a key ring: this camera's own key
+        ring = key
+        key = ring.key_for_camera(camera) if camera else ring.default
+        if key is None:
+            raise InputError(f"the key ring {args.key[1:]} has no key for camera {camera!r} (nor a '*' default)")
     reliable = (
         [f for f in ("semantic", "structure", "texture") if WebRTCConfig().policy(f).reliable]
         if scheme == "webrtc"

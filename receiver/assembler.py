@@ -21,6 +21,7 @@ Memory is bounded by `max_images` x `max_bytes_per_image` plus the decoded value
 from __future__ import annotations
 
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from layercast.common.errors import (
 from layercast.common.fec import BLOCK_HEADER, FEC_ZFEC, ZFEC_MAX_BLOCKS, block_size, recover
 from layercast.common.identity import camera_id, stream_label
 from layercast.common.registry import decode_layer
-from layercast.common.replay import KeyRing, ReplayWindow, as_keyring
+from layercast.common.replay import KeyRing, ReplayStore, ReplayWindow, as_keyring
 from layercast.common.types import DEFAULT_ORDER, LayerKind, LayerSet
 from layercast.proto import pb
 from layercast.proto.framing import collect_units, decode_packet, unbundle, wire_shares
@@ -97,8 +98,11 @@ class Assembler:
     """Reassemble images from packets; see the module docstring.
 
     `key`: None (unauthenticated), one key for every stream, a ``{stream_id: key}`` mapping or a
-    :class:`~layercast.common.replay.KeyRing`. When keyed, every packet must authenticate and carry a
-    fresh `sequence` (>= 1, per stream, within a `replay_window`-packet window).
+    :class:`~layercast.common.replay.KeyRing` (keys by camera name: a packet from a named camera is
+    checked with that camera's key, so one keyed for another camera fails). When keyed, every packet
+    must authenticate and carry a fresh `sequence` (>= 1, per stream, within a `replay_window`-packet
+    window, at most `max_sequence_ahead_ms` ahead of `wall_ms()`, the wall clock in ms by default).
+    `replay_store`: keeps each window's newest sequence across restarts (read at construction).
     `expected_families`: the layer families that make an image complete (used until the bitstream's
     ImageHeader carries a `layer_count`; then that count decides).
     `partial_interval`: least time between two partial decodes of one layer (later units are decoded
@@ -122,6 +126,9 @@ class Assembler:
         max_streams: int = 1024,
         max_finished: int = 4096,
         already_done: Callable[[str, int], bool] | None = None,
+        replay_store: ReplayStore | None = None,
+        max_sequence_ahead_ms: int | None = 600_000,
+        wall_ms: Callable[[], float] = lambda: time.time() * 1000,
     ) -> None:
         if not image_timeout > 0:
             raise ValueError("image_timeout must be positive")
@@ -139,6 +146,10 @@ class Assembler:
         self.max_streams = max_streams
         self.max_finished = max_finished
         self.already_done = already_done
+        self.replay_store = replay_store
+        self._saved_tops = replay_store.load() if replay_store is not None else {}
+        self.max_sequence_ahead_ms = max_sequence_ahead_ms
+        self.wall_ms = wall_ms
         self._images: OrderedDict[tuple[str, int], _Image] = OrderedDict()
         self._finished: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._windows: OrderedDict[str, ReplayWindow] = OrderedDict()
@@ -259,7 +270,11 @@ class Assembler:
         keys = self.keys
         if not keys.keyed:
             return _check_camera(decode_packet(data), camera)
-        if keys.streams:
+        if camera is not None:
+            key = keys.key_for_camera(camera)  # the transport names the camera: its key, nobody else's
+            if key is None:
+                raise AuthError(f"no key is configured for camera {camera!r}")
+        elif keys.per_sender:
             sid = decode_packet(data).stream_id  # unauthenticated peek, only to pick the key
             key = keys.key_for(sid)
             if key is None:
@@ -270,16 +285,24 @@ class Assembler:
         wkey = stream_label(p.stream_id)
         window = self._windows.get(wkey)
         if window is None:
-            window = self._windows[wkey] = ReplayWindow(self.replay_window)
+            top = self._saved_tops.get(wkey, 0)
+            window = self._windows[wkey] = ReplayWindow(
+                self.replay_window, top=top, max_ahead=self.max_sequence_ahead_ms
+            )
             while len(self._windows) > self.max_streams:
                 self._windows.popitem(last=False)
         else:
             self._windows.move_to_end(wkey)
         try:
-            window.check(p.sequence)
+            window.check(p.sequence, self.wall_ms())
         except AuthError as exc:
             raise _Located(p, exc) from None
+        before = window.top
         window.update(p.sequence)
+        if window.top != before:
+            self._saved_tops[wkey] = window.top  # an evicted window comes back with its newest number
+            if self.replay_store is not None:
+                self.replay_store.save(wkey, window.top)
         return p
 
     def _reject(

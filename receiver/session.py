@@ -64,6 +64,8 @@ from layercast.receiver.events import (
 log = logging.getLogger(__name__)
 
 EVENTS_FILE = "events.jsonl"
+REPLAY_DIR = ".replay"
+"""Under the output folder: each keyed stream's newest accepted sequence (`common.replay.ReplayStore`)."""
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,11 @@ class ReceiveSession:
         options = dict(assembler_options or {})
         if self.out_dir is not None and write_stages:
             options.setdefault("already_done", self._final_exists)
+        if self.out_dir is not None and key is not None:
+            from layercast.common.replay import ReplayStore
+
+            # OUT/.replay: never a camera's folder (camera names cannot start with a dot)
+            options.setdefault("replay_store", ReplayStore(self.out_dir / REPLAY_DIR))
         self.assembler = Assembler(key=key, image_timeout=image_timeout, **options)
         self.max_records = max_records
         self.records: OrderedDict[tuple[str, int], ImageRecord] = OrderedDict()

@@ -15,6 +15,7 @@ from layercast.bench import fuzz
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_seeded_fuzz_campaign_finds_only_typed_errors() -> None:
+    fuzz.campaign(500, seed=99)  # warm up: imports, compiled kernels, caches are not per-input memory
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     figures = fuzz.campaign(30_000, seed=0)
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from layercast.common.errors import AuthError, InputError
+from layercast.common.identity import camera_id
 from layercast.common.replay import KeyRing, ReplayWindow, as_keyring, load_key, load_keyring
 
 HEX = "00112233445566778899aabbccddeeff" * 2
@@ -88,8 +89,12 @@ def test_keyrings(tmp_path: Path) -> None:
     assert ring.key_for(1) == bytes.fromhex(HEX)
     assert ring.key_for(2) == ring.key_for(77) == bytes.fromhex(other)
     assert load_keyring(HEX) == KeyRing(default=bytes.fromhex(HEX))
-    ring_file.write_text(f"cam1 {HEX}\n")
-    with pytest.raises(InputError, match="must be a number"):
+    ring_file.write_text(f"cam1 {HEX}\n* {other}\n")
+    ring = load_keyring(ring_file)
+    assert ring.key_for_camera("cam1") == ring.key_for(camera_id("cam1")) == bytes.fromhex(HEX)
+    assert ring.key_for_camera("cam2") == bytes.fromhex(other) and ring.per_sender
+    ring_file.write_text(f"../cam1 {HEX}\n")
+    with pytest.raises(InputError, match="neither a camera name"):
         load_keyring(ring_file)
     assert not as_keyring(None).keyed
     assert as_keyring({3: bytes(16)}).key_for(3) == bytes(16)

@@ -158,7 +158,8 @@ async def test_forged_replayed_oversized_rejected_with_reason(tmp_path: Path) ->
     async with ReceiveSession(b, out_dir=tmp_path, key=key) as rx:
         async with SendSession(a, profile="webrtc", key=key, stream_id=9) as tx:
             await tx.send_image(res.image)
-            seq = iter(range(3 * 10**12, 3 * 10**12 + 100))
+            start = int(time.time() * 1000) + 100_000  # after the session's own (clock) numbers, not far ahead
+            seq = iter(range(start, start + 100))
             forged = plan_packets(res.image, mtu=1200, fec=FecPolicy.none(), key=wrong, next_sequence=lambda: next(seq))
             sent = [
                 w.data
