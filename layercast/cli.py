@@ -20,8 +20,7 @@ import numpy as np
 
 from layercast.common.errors import InputError, LayercastError
 from layercast.common.types import DEFAULT_ORDER, EncodedImage
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".gif"}
+from layercast.sender.image_io import IMAGE_EXTS
 
 EPILOG = """\
 examples:

@@ -46,6 +46,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from layercast.common import limits
 from layercast.common.errors import InputError, UnsupportedImageError
 
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".gif"})
+"""File name extensions taken as images when a folder is given (or watched)."""
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _EXIF_IFD = 0x8769
 _TAG_USER_COMMENT = 0x9286

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from layercast.common.errors import LayercastError, TransportError
+from layercast.sender.image_io import IMAGE_EXTS
 from layercast.sender.session import SendSession
 from layercast.sender.spool import Spool, SpoolEntry, source_key
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".gif"})
 
 
 @dataclass
