@@ -35,7 +35,6 @@ from layercast.sender.spool import Spool, SpoolEntry, source_key
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class ServiceStats:
     """Counters of one service run."""
