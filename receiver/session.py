@@ -654,6 +654,8 @@ class ReceiveSession:
                 self.summary.rejected += 1
                 self._count_reject(ev.error)
                 self._write(rec, now)
+                if ev.error == "InternalError":  # a bug a packet found: worth a log line, not a dead reader
+                    log.error("packet rejected on an internal error (please report): %s", ev.reason)
                 continue
             cam = ev.camera or str(ev.stream_id)
             r = self._record(cam, ev.stream_id, ev.image_id, now)
