@@ -145,3 +145,22 @@ def test_declared_size_is_a_request_not_an_order(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert read_png(out).shape == (100, 200, 3)
+
+
+def test_an_unexpected_error_is_a_counted_reject_not_a_crash() -> None:
+    """Whatever goes wrong inside (here a user callback with a bug), `receive` answers with a reject and
+    the next packet is taken as usual."""
+    calls: list[int] = []
+
+    def buggy(camera: str, image_id: int) -> bool:
+        calls.append(image_id)
+        if len(calls) == 1:
+            raise ZeroDivisionError("a bug")
+        return False
+
+    asm = Assembler(already_done=buggy)
+    data = framing.encode_packet(framing.packetize(encoded_samples()[0].image, bundle=framing.DEFAULT_ORDER)[0])
+    (ev,) = asm.receive(data, 0.0)
+    assert isinstance(ev, PacketRejected) and ev.error == "InternalError" and "ZeroDivisionError" in ev.reason
+    assert asm.stats["internal_errors"] == 1 and asm.last_key is None
+    assert any(type(e).__name__ == "ImageReady" for e in asm.receive(data, 1.0))
