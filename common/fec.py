@@ -31,7 +31,7 @@ from google.protobuf.message import DecodeError
 from layercast.common.errors import BitstreamError, InputError, LimitError
 from layercast.common.types import LayerKind
 from layercast.proto import pb
-from layercast.proto.framing import validate_header
+from layercast.proto.framing import validate_packet
 
 FEC_ZFEC = 1
 """`Packet.fec_scheme` value of zfec Reed-Solomon over fragment payloads."""
@@ -271,7 +271,7 @@ def recover(fragments: Sequence[pb.Packet]) -> list[pb.Packet]:
                 p.header.ParseFromString(block[BLOCK_HEADER.size : start])
             except DecodeError as exc:
                 raise BitstreamError(f"recovered fragment {i} holds an unreadable image header: {exc}") from exc
-            validate_header(p.header)
+        validate_packet(p)  # a recovered fragment's fields come from repair bytes: checked like received ones
         out.append(p)
     return out
 

@@ -345,11 +345,6 @@ def validate_descriptor(desc: pb.LayerDescriptor, kind: LayerKind) -> None:
             raise LimitError(
                 f"edge map of height {e.height} in stripes of {e.stripe_rows} rows cannot have {desc.unit_count} units"
             )
-    elif want == "prompt":
-        if desc.unit_count != (2 if desc.prompt.has_negative else 1):
-            raise LimitError(
-                f"prompt layer declares {desc.unit_count} units; it has 1 (the prompt) or 2 (with a negative)"
-            )
     elif want == "colormap":
         c = desc.colormap
         if not (1 <= c.grid_width <= limits.MAX_GRID_SIDE and 1 <= c.grid_height <= limits.MAX_GRID_SIDE):
@@ -552,7 +547,7 @@ def collect_units(unit_count: int, fragments: Iterable[pb.Packet]) -> list[bytes
             pos += n
             idx += 1
     for idx, parts in slices.items():
-        if len(parts) == slice_counts[idx]:
+        if parts.keys() == set(range(slice_counts[idx])):
             units[idx] = b"".join(parts[k] for k in range(slice_counts[idx]))
     return units
 

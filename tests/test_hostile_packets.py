@@ -164,3 +164,37 @@ def test_an_unexpected_error_is_a_counted_reject_not_a_crash() -> None:
     assert isinstance(ev, PacketRejected) and ev.error == "InternalError" and "ZeroDivisionError" in ev.reason
     assert asm.stats["internal_errors"] == 1 and asm.last_key is None
     assert any(type(e).__name__ == "ImageReady" for e in asm.receive(data, 1.0))
+
+
+def test_fec_recovered_fragment_is_validated_like_a_received_one() -> None:
+    """Fuzz finding (KeyError: 0): repair blocks encode a lost fragment's slice fields; a sender that put
+    an out-of-range slice index there made FEC "recover" a fragment no receiver takes on the wire."""
+    import random
+
+    from layercast.common.fec import FecPolicy, add_repair, recover
+
+    big = random.Random(2).randbytes(1500)
+    img = dataclasses_replace_layers(encoded_samples()[0].image, big)
+    data = framing.packetize(img, mtu=222)
+    sliced = [p for p in data if p.part_count > 1]
+    assert sliced
+    sliced[0].part_index = sliced[0].part_count + 3  # out of range for its part_count
+    out = add_repair(data, FecPolicy(semantic=1.0))
+    lost = sliced[0].fragment_index
+    survivors = [p for p in out if p.fragment_index != lost]
+    with pytest.raises(LimitError, match="slice"):
+        recover(survivors)
+    asm = Assembler()
+    events = [e for p in survivors for e in asm.receive(framing.encode_packet(p), 0.0)]
+    assert asm.stats["internal_errors"] == 0
+    assert "LimitError" in [e.error for e in events if isinstance(e, PacketRejected)]
+
+
+def dataclasses_replace_layers(img: object, unit: bytes) -> object:
+    """`img` with a semantic layer of one large unit (sliced at small MTUs)."""
+    import dataclasses
+
+    from layercast.common.types import EncodedLayer, LayerKind
+
+    desc = pb.LayerDescriptor(codec=pb.CODEC_ID_PROMPT_UTF8, unit_count=1, prompt=pb.PromptParams())
+    return dataclasses.replace(img, layers=[EncodedLayer(LayerKind.SEMANTIC, desc, [unit])])  # type: ignore[type-var]
