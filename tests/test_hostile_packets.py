@@ -14,6 +14,7 @@ import pytest
 
 from layercast.common.errors import BitstreamError, LimitError
 from layercast.common.identity import camera_id
+from layercast.common.types import EncodedImage
 from layercast.proto import FORMAT_VERSION, framing, pb
 from layercast.receiver.assembler import Assembler
 from layercast.receiver.events import PacketRejected
@@ -190,11 +191,11 @@ def test_fec_recovered_fragment_is_validated_like_a_received_one() -> None:
     assert "LimitError" in [e.error for e in events if isinstance(e, PacketRejected)]
 
 
-def dataclasses_replace_layers(img: object, unit: bytes) -> object:
+def dataclasses_replace_layers(img: EncodedImage, unit: bytes) -> EncodedImage:
     """`img` with a semantic layer of one large unit (sliced at small MTUs)."""
     import dataclasses
 
     from layercast.common.types import EncodedLayer, LayerKind
 
     desc = pb.LayerDescriptor(codec=pb.CODEC_ID_PROMPT_UTF8, unit_count=1, prompt=pb.PromptParams())
-    return dataclasses.replace(img, layers=[EncodedLayer(LayerKind.SEMANTIC, desc, [unit])])  # type: ignore[type-var]
+    return dataclasses.replace(img, layers=[EncodedLayer(LayerKind.SEMANTIC, desc, [unit])])
