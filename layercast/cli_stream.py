@@ -582,8 +582,7 @@ async def _send_spooled(args: argparse.Namespace, paths: list[Path], camera: str
                 settle_s=args.settle,
                 on_event=lambda doc: _print_service_event(doc, args.json),
             )
-            await session.__aenter__()
-            try:
+            async with session:
                 if args.watch:
                     stop = asyncio.Event()
                     loop = asyncio.get_running_loop()
@@ -593,8 +592,6 @@ async def _send_spooled(args: argparse.Namespace, paths: list[Path], camera: str
                     left = spool.backlog
                 else:
                     left = await service.run_once(paths, give_up_s=args.timeout)
-            finally:
-                await session.__aexit__(None, None, None)
         doc = {
             "event": "summary",
             "camera": camera,

@@ -539,8 +539,8 @@ class MqttTransport(Transport):
             if rc in (4, 5, 134, 135):
                 return TransportError(
                     f"MQTT broker {self.where} refused the connection ({text}): check the user name and "
-                    f"password (mqtt://USER:PASS@host; user {self.config.username!r}) against the "
-                    "broker's password_file and ACL"
+                    f"password (user {self.config.username!r} from mqtt://USER@host; the password from "
+                    "--password-file FILE or $LAYERCAST_MQTT_PASSWORD) against the broker's password_file and ACL"
                 )
             return TransportError(f"MQTT broker {self.where} refused the connection: {text}")
         if "timed out" in text.lower():
