@@ -1,3 +1,9 @@
 """Layercast: layered extreme-compression streaming of AI-generated images."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("layercast")
+    """The installed distribution's version (one place: pyproject.toml)."""
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"

@@ -123,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from layercast import __version__
+
+    p.add_argument("--version", action="version", version=f"layercast {__version__}")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more on stderr: -v informational lines (reconnects, spool activity), -vv debug",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     e = sub.add_parser("encode", help="encode images into layered .lcs streams")
@@ -198,6 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose > 1 else logging.INFO,
+            format="layercast: %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
     from layercast import cli_stream
 
     handler = HANDLERS.get(args.command) or cli_stream.HANDLERS[args.command]

@@ -138,3 +138,24 @@ def test_truncated_stream_decode_error(png: Path, tmp_path: Path, capsys: pytest
     assert main(["decode", str(stream), "-o", str(tmp_path / "o.png"), "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc["error"] == "TruncatedError"
+
+
+def test_version_is_the_package_metadata_and_verbose_logs(tmp_path: Path) -> None:
+    """`layercast --version` and `layercast.__version__` come from the installed metadata (one place);
+    `-v` turns on informational log lines, formatted, on stderr."""
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    import layercast
+    from tests.mqtt_broker import free_port
+
+    assert layercast.__version__ == version("layercast")
+    run = subprocess.run([sys.executable, "-m", "layercast", "--version"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == f"layercast {layercast.__version__}"
+    url = f"mqtt://127.0.0.1:{free_port()}/layercast"  # nobody listens there: the worker waits and says so
+    argv = ["-v", "receive", "--on", url, "--out", str(tmp_path / "o"), "--idle-timeout", "1"]
+    run = subprocess.run([sys.executable, "-m", "layercast", *argv], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "layercast: WARNING layercast.common.transport.mqtt: MQTT broker" in run.stderr
+    assert "not reachable yet" in run.stderr
