@@ -146,9 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", required=True, help="output image (several images: NAME-<id>.png)")
     d.add_argument(
         "--layer",
-        choices=["all", "structure", "texture"],
+        choices=["all", "semantic", "structure", "texture"],
         default="all",
-        help="write one decoded layer as an image instead of the reconstruction",
+        help="write one decoded layer instead of the reconstruction: semantic = the prompt as text"
+        " (negative prompt on a second line starting 'negative: '), structure/texture = an image",
     )
     add_decoder_options(d)
     d.add_argument("--json", action="store_true", help="print JSON")
@@ -553,11 +554,32 @@ def cmd_decode(args: argparse.Namespace) -> int:
     decoder, warning = (None, None) if args.layer != "all" else make_decoder(args)
     if warning:
         print(f"layercast: warning: {warning}", file=sys.stderr)
-    results = []
+    results: list[dict[str, Any]] = []
     for img in images:
         layers = layerset_from_image(img)
         target = _numbered(out, img.image_id, len(images) > 1)
         t0 = time.perf_counter()
+        if args.layer == "semantic":
+            if layers.prompt is None:
+                raise InputError(f"image {img.image_id} has no semantic layer")
+            text = layers.prompt.text + (f"\nnegative: {layers.prompt.negative}" if layers.prompt.negative else "")
+            target = target.with_suffix(".txt") if target.suffix.lower() in (".png", ".jpg", "") else target
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text + "\n", encoding="utf-8")
+            results.append(
+                {
+                    "image_id": img.image_id,
+                    "output": str(target),
+                    "prompt": layers.prompt.text,
+                    "negative_prompt": layers.prompt.negative,
+                    "layers": ["semantic"],
+                    "decoder": "semantic",
+                    "decode_ms": round((time.perf_counter() - t0) * 1e3, 2),
+                    "width": 0,
+                    "height": 0,
+                }
+            )
+            continue
         if args.layer == "structure":
             if layers.structure is None:
                 raise InputError(f"image {img.image_id} has no structure layer")
@@ -586,6 +608,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
         print(json.dumps(results[0] if len(results) == 1 else {"images": results, "warning": warning}))
     else:
         for r in results:
+            if "prompt" in r:
+                print(
+                    f"{r['output']}: {r['prompt']}"
+                    + (f" (negative: {r['negative_prompt']})" if r["negative_prompt"] else "")
+                )
+                continue
             print(
                 f"{r['output']}: {r['width']}x{r['height']} from {'+'.join(r['layers']) or 'no layers'}"
                 f" ({r['decoder']}, {r['decode_ms']:.1f} ms)"
@@ -603,7 +631,16 @@ def describe_image(img: EncodedImage, file_bytes: int | None = None) -> dict[str
     total = file_bytes if file_bytes is not None else len(framing.images_to_container([img]))
     h = img.header
     layers = []
+    prompt: dict[str, Any] = {}
     for layer in img.layers:
+        if layer.kind.family == "semantic":
+            from layercast.common.registry import decode_layer
+
+            try:
+                value = decode_layer(layer.descriptor, layer.units)
+                prompt = {"prompt": value.text, "negative_prompt": value.negative}
+            except LayercastError as exc:
+                prompt = {"prompt": None, "prompt_error": str(exc)}
         params_name = layer.descriptor.WhichOneof("params")
         params = (
             MessageToDict(getattr(layer.descriptor, params_name), preserving_proto_field_name=True)
@@ -632,6 +669,7 @@ def describe_image(img: EncodedImage, file_bytes: int | None = None) -> dict[str
         "bpp": round(bpp(total, h.width, h.height), 5),
         "payload_bytes": sum(x["bytes"] for x in layers),
         "layers": layers,
+        **prompt,
     }
 
 
@@ -673,6 +711,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             print(
                 f"  {layer['kind']:<9} {layer['codec']:<24} {layer['bytes']:>5} B  {layer['units']:>3} units  {params}"
             )
+        if img.get("prompt") is not None:
+            print(f"  prompt:   {img['prompt']}")
+            if img.get("negative_prompt"):
+                print(f"  negative: {img['negative_prompt']}")
+        elif "prompt_error" in img:
+            print(f"  prompt:   (does not decode: {img['prompt_error']})")
     if len(images) > 1:
         print(f"total: {doc['total_bytes']} B in {doc['packets']} packets, {doc['bpp']:.4f} bpp")
     return 0

@@ -159,3 +159,24 @@ def test_version_is_the_package_metadata_and_verbose_logs(tmp_path: Path) -> Non
     assert run.returncode == 0, run.stderr
     assert "layercast: WARNING layercast.common.transport.mqtt: MQTT broker" in run.stderr
     assert "not reachable yet" in run.stderr
+
+
+def test_the_human_readable_layer_can_be_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`inspect` shows the prompt and negative prompt; `decode --layer semantic` writes them as text."""
+    from layercast.cli import main
+    from tests.session_helpers import sample_paths
+
+    lcs = tmp_path / "s.lcs"
+    argv = ["encode", str(sample_paths()[0]), "-o", str(lcs), "--prompt", "a red fox in snow", "--negative", "blurry"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(lcs)]) == 0
+    text = capsys.readouterr().out
+    assert "prompt:   a red fox in snow" in text and "negative: blurry" in text
+    assert main(["inspect", str(lcs), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["prompt"], doc["negative_prompt"]) == ("a red fox in snow", "blurry")
+    assert main(["decode", str(lcs), "--layer", "semantic", "-o", str(tmp_path / "p.png"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["output"] == str(tmp_path / "p.txt")
+    assert (tmp_path / "p.txt").read_text() == "a red fox in snow\nnegative: blurry\n"
