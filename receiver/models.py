@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -124,7 +125,10 @@ class SDConfig:
             raise InputError(f"cannot read SD config {p}: {e.strerror or e}") from e
         try:
             if p.suffix.lower() == ".toml":
-                import tomllib
+                if sys.version_info >= (3, 11):
+                    import tomllib
+                else:  # Python 3.10, which requires-python allows: the same parser, as a package
+                    import tomli as tomllib
 
                 data: Any = tomllib.loads(text)
                 data = data.get("sd", data)
