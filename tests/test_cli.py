@@ -180,3 +180,23 @@ def test_the_human_readable_layer_can_be_read(tmp_path: Path, capsys: pytest.Cap
     out = json.loads(capsys.readouterr().out)
     assert out["output"] == str(tmp_path / "p.txt")
     assert (tmp_path / "p.txt").read_text() == "a red fox in snow\nnegative: blurry\n"
+
+
+def test_decode_without_a_writable_numba_cache(tmp_path: Path) -> None:
+    """A read-only install run by a user without a writable home (or a hardened service): numba finds no
+    place for its cache, and the codecs compile in memory instead of crashing; the output is the same."""
+    import os
+    import subprocess
+    import sys
+
+    from layercast.cli import main
+    from tests.session_helpers import read_png, sample_paths
+
+    lcs = tmp_path / "s.lcs"
+    assert main(["encode", str(sample_paths()[0]), "-o", str(lcs)]) == 0
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "UserProvidedCacheLocator", "NUMBA_CACHE_DIR": "/dev/null/x"}
+    argv = [sys.executable, "-m", "layercast", "decode", str(lcs), "-o", str(tmp_path / "a.png")]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr
+    assert main(["decode", str(lcs), "-o", str(tmp_path / "b.png")]) == 0
+    assert (read_png(tmp_path / "a.png") == read_png(tmp_path / "b.png")).all()

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, cast
 
+log = logging.getLogger(__name__)
+
 
 def njit_or_none(fn: Callable[..., Any]) -> Callable[..., int] | None:
-    """`fn` compiled by numba (nopython, GIL released, cached on disk next to its module), or None
-    without numba; callers then run the plain-Python path, which gives the same results."""
+    """`fn` compiled by numba (nopython, GIL released, cached on disk next to its module, or in the user's
+    or NUMBA_CACHE_DIR's cache), or None without numba; callers then run the plain-Python path, which gives
+    the same results. Where numba finds no writable cache (a read-only install run by a user without a
+    writable home, a hardened service) the kernel is compiled in memory each run instead: slower to start,
+    never a crash."""
     try:
         import numba
     except ImportError:
         return None
-    return cast(Callable[..., int], numba.njit(cache=True, nogil=True)(fn))
+    try:
+        return cast(Callable[..., int], numba.njit(cache=True, nogil=True)(fn))
+    except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+        log.info("numba cannot cache %s (%s); compiling it in memory", fn.__name__, exc)
+        return cast(Callable[..., int], numba.njit(cache=False, nogil=True)(fn))
