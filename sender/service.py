@@ -10,9 +10,10 @@ new image file (one whose modification time is `settle_s` old: write then rename
 let a writer finish) in a worker thread and adds it to the spool. The *forwarder* sends the spool's
 images oldest first; an image leaves the spool only when `SendSession.send_image` returned, which on
 MQTT means the broker acknowledged its QoS 1 packets. A failed or timed-out send keeps the image and
-retries after a back-off (0.5 s doubling to `retry_max_s`), so an outage of any length costs only
-delay. Every change is reported to `on_event` (a dict with an "event" name and the backlog) and
-written to the spool's status.json.
+retries after a back-off (0.5 s doubling to `retry_max_s`, 10 s: the MQTT reconnect back-off's
+ceiling too), so an outage of any length costs only delay, and at most ~10 s once the link is back.
+Every change is reported to `on_event` (a dict with an "event" name and the backlog) and written to
+the spool's status.json.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class SpoolService:
         watch: Path | None = None,
         poll_s: float = 1.0,
         settle_s: float = 1.0,
-        retry_max_s: float = 30.0,
+        retry_max_s: float = 10.0,
         status_every_s: float = 30.0,
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
