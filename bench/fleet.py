@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from layercast.bench.stream import mosquitto
+from layercast.bench.stream import median_run, mosquitto
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +122,8 @@ def run(
         lcs.write_bytes(framing.images_to_container(images))
         for w in workers:
             runs = [_one(lcs, port, cameras, per_camera, w, f"r{w}-{i}") for i in range(max(1, repeats))]
-            rates = [r["images_per_s"] or 0.0 for r in runs]
-            median = sorted(range(len(runs)), key=lambda i: rates[i])[len(runs) // 2]
-            result[f"{w}_workers"] = {**runs[median], "runs": rates, "median": statistics.median(rates)}
+            best = median_run(runs)
+            result[f"{w}_workers"] = {**best, "median": statistics.median(best["runs"])}
     return result
 
 

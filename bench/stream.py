@@ -260,7 +260,11 @@ async def _throughput(
 
 def _repeat(repeats: int, run: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
     """The run with the median images/s of `repeats` runs, with every run's rate in `runs`."""
-    results = [asyncio.run(run()) for _ in range(max(1, repeats))]
+    return median_run([asyncio.run(run()) for _ in range(max(1, repeats))])
+
+
+def median_run(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The result with the median `images_per_s`, with every result's rate in `runs`."""
     rates = [r["images_per_s"] or 0.0 for r in results]
     median = sorted(range(len(results)), key=lambda i: rates[i])[len(results) // 2]
     return {**results[median], "runs": rates}

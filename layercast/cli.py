@@ -230,10 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(handler(args) or 0)
     except LayercastError as exc:
-        if getattr(args, "json", False):
-            print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
-        print(f"layercast: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(args, type(exc).__name__, str(exc), 1)
     except KeyboardInterrupt:
         print("layercast: interrupted", file=sys.stderr)
         return 130
