@@ -88,12 +88,13 @@ class Figures:
 def seed_corpus() -> list[pb.Packet]:
     """Valid packets of the bundled sample images: per-layer fragments at three MTUs (slices and FEC
     repairs included), bundles, and keyed packets."""
-    from layercast.cli import build_parser, encode_path
     from layercast.cli_stream import SAMPLES
     from layercast.common.fec import FecPolicy, add_repair
+    from layercast.sender.encode import EncodeOptions
+    from layercast.sender.encoder import Encoder
 
-    args = build_parser().parse_args(["encode", "x", "-o", "x", "--resize", "192", "--max-bytes", "500"])
-    images = [encode_path(p, args).image for p in sorted(SAMPLES.glob("*.jpg"))]
+    encoder = Encoder(EncodeOptions(max_bytes=500), resize=192)
+    images = [encoder.encode(p).image for p in sorted(SAMPLES.glob("*.jpg"))]
     out: list[pb.Packet] = []
     for i, img in enumerate(images):
         img = dataclasses.replace(img, stream_id=7, image_id=i)

@@ -39,7 +39,7 @@ def _manifest_prompts(folder: Path) -> dict[str, str]:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the parts not skipped; print tables (or JSON); write results.json and rd.png."""
-    from layercast.cli import IMAGE_EXTS
+    from layercast.sender.image_io import IMAGE_EXTS
 
     folder = Path(args.dir) if args.dir else _default_dir()
     if folder is None or not folder.is_dir():

@@ -55,14 +55,15 @@ def _encode_all(
 ) -> list[Any]:
     """`layercast encode --resize 512 OPTIONS` of each path, with `--prompt` from `prompts` (by file
     name: the images' generation prompts, as the shared manifest lists them) where it has one."""
-    from layercast.cli import build_parser, encode_path
+    from layercast.cli import build_parser
+    from layercast.cli_options import encoder_from_args
 
+    args = build_parser().parse_args(["encode", "x", "-o", "x", "--resize", "512", *options])
+    encoder = encoder_from_args(args)
     out = []
     for p in paths:
-        args = build_parser().parse_args(["encode", "x", "-o", "x", "--resize", "512", *options])
-        if prompts and args.prompt is None and prompts.get(p.name):
-            args.prompt = prompts[p.name]
-        out.append(encode_path(p, args))
+        given = prompts.get(p.name) if prompts and args.prompt is None else None
+        out.append(encoder.encode(p, prompt=given or None))
     return out
 
 
@@ -141,8 +142,7 @@ def arq_transfer_time(nbytes: int, *, mtu: int = 340, header: int = 12, seed: in
 
 
 def _rgb_of(path: Path, size: int = 512) -> np.ndarray:
-    from layercast.cli import resize_rgb
-    from layercast.sender.image_io import load_image
+    from layercast.sender.image_io import load_image, resize_rgb
 
     return resize_rgb(load_image(path).rgb, size)
 

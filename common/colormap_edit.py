@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from math import ceil
 
 import numpy as np
 
@@ -46,3 +47,26 @@ def set_cell(cm: Colormap, row: int, col: int, rgb: Sequence[int]) -> Colormap:
     cells = cm.cells.copy()
     cells[row, col] = _rgb(rgb, "cell colour")
     return Colormap(cells=cells)
+
+
+def reframe(cm: Colormap, box: Sequence[float], grid: tuple[int, int]) -> Colormap:
+    """Re-grid the colour field under `box` (x0, y0, x1, y1: fractions of the old frame) onto `grid` cells.
+
+    The colormap is read as the receiver reads it: a smooth field, bicubic in Oklab through the cell
+    centres. Each new cell (grid = (rows, cols), spanning the box) takes the field at its centre when it
+    is no larger than an old cell, and when larger (zooming out) the Oklab mean over a lattice of points
+    as dense as the old cells, so no detail aliases. A box reaching outside 0..1 continues the border
+    colours, as the field itself does at the frame's edge.
+    """
+    import cv2
+
+    (gh, gw), (oh, ow) = grid, cm.grid
+    x0, y0, x1, y1 = (float(v) for v in box)
+    sx, sy = max(1, ceil((x1 - x0) * ow / gw)), max(1, ceil((y1 - y0) * oh / gh))  # old cells per new cell
+    # sample points as fractions of the new frame -> old cell coordinates (cell i's centre at i)
+    xs = (x0 + (np.arange(gw * sx) + 0.5) / (gw * sx) * (x1 - x0)) * ow - 0.5
+    ys = (y0 + (np.arange(gh * sy) + 0.5) / (gh * sy) * (y1 - y0)) * oh - 0.5
+    map_x, map_y = np.meshgrid(xs.astype(np.float32), ys.astype(np.float32))
+    lab = srgb8_to_oklab(cm.cells).astype(np.float32)
+    field = cv2.remap(lab, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    return Colormap(cells=oklab_to_srgb8(field.reshape(gh, sy, gw, sx, 3).mean(axis=(1, 3))))

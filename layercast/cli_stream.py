@@ -152,7 +152,7 @@ def _add_link_options(
 
 def add_parsers(sub: Any) -> None:
     """Add `send`, `receive` and `demo` to the `layercast` subcommands."""
-    from layercast.cli import add_decoder_options, add_encode_options, add_fallback_option
+    from layercast.cli_options import add_decoder_options, add_encode_options, add_fallback_option
 
     fmt = argparse.RawDescriptionHelpFormatter
     s = sub.add_parser(
@@ -330,7 +330,7 @@ def _file_path(url: str) -> str:
 
 
 def _make_decoder(args: argparse.Namespace) -> tuple[Any, str | None]:
-    from layercast.cli import make_decoder
+    from layercast.cli_options import make_decoder
 
     try:
         return make_decoder(args)
@@ -441,7 +441,7 @@ def _emit(args: argparse.Namespace, doc: dict[str, Any], lines: Sequence[str]) -
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from layercast.cli import collect_images
+    from layercast.sender.image_io import find_images
 
     if not args.inputs and not args.watch:
         raise InputError("give image files or folders to send, or --watch DIR to run as a service")
@@ -454,7 +454,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         )
     if args.watch and not Path(args.watch).is_dir():
         raise InputError(f"--watch {args.watch}: no such folder")
-    paths = collect_images(args.inputs) if args.inputs else []
+    paths = find_images(args.inputs) if args.inputs else []
     return asyncio.run(_send(args, paths))
 
 
@@ -492,6 +492,7 @@ def _send_session(args: argparse.Namespace, transport: Any, camera: str | None, 
 
 
 async def _send(args: argparse.Namespace, paths: list[Path]) -> int:
+    from layercast.cli_options import encoder_from_args
     from layercast.common.identity import clock_image_id
 
     scheme = _scheme(args.to)
@@ -513,7 +514,7 @@ async def _send(args: argparse.Namespace, paths: list[Path]) -> int:
         async with session:
             reports = await session.send_paths(
                 paths,
-                args,
+                encoder_from_args(args),
                 progress=not args.json and args.to != "file:-",
                 on_error=lambda p, e: failures.append({"input": str(p), "error": type(e).__name__, "message": str(e)}),
             )
@@ -565,9 +566,11 @@ async def _send_spooled(args: argparse.Namespace, paths: list[Path], camera: str
     """`send --spool` (one-shot, durable) and `send --watch --spool` (a service until SIGTERM)."""
     import signal
 
+    from layercast.cli_options import encoder_from_args
     from layercast.sender.service import SpoolService
     from layercast.sender.spool import Spool
 
+    encoder = encoder_from_args(args)
     spool = Spool(args.spool, camera=camera)
     try:
         t0 = time.perf_counter()
@@ -576,7 +579,7 @@ async def _send_spooled(args: argparse.Namespace, paths: list[Path], camera: str
             service = SpoolService(
                 session,
                 spool,
-                encode=lambda p: session.encode_file(p, args),
+                encode=lambda p: session.encode_file(p, encoder),
                 watch=Path(args.watch) if args.watch else None,
                 poll_s=args.poll,
                 settle_s=args.settle,
@@ -622,7 +625,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
 
 async def _receive(args: argparse.Namespace) -> int:
-    from layercast.cli import make_receive_decoder
+    from layercast.cli_options import make_receive_decoder
     from layercast.common.identity import check_camera_name
     from layercast.receiver.session import ReceiveSession, Stage
     from layercast.receiver.web import LiveView
@@ -695,7 +698,7 @@ async def _receive(args: argparse.Namespace) -> int:
 
             server = WebRTCServer(parts.hostname or "0.0.0.0", port, on_transport=serve)
             if view is not None and args.web == port:
-                server.add_routes(view.routes())
+                view.mount(server.app)
                 view = None
                 listening = f"live view on http://{parts.hostname or '127.0.0.1'}:{port}/; "
             await stack.enter_async_context(server)
@@ -735,16 +738,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from layercast.cli import collect_images, encode_path
+    from layercast.cli_options import encoder_from_args
     from layercast.common.transport.signalling import WebRTCServer, connect_webrtc
     from layercast.common.transport.webrtc import WebRTCConfig
     from layercast.receiver.session import ReceiveSession
+    from layercast.sender.image_io import find_images
     from layercast.sender.link import get_profile
     from layercast.sender.session import SendSession
 
     t_start = time.perf_counter()
     if args.images:
-        paths = collect_images([args.images])
+        paths = find_images([args.images])
     else:
         paths = sorted(SAMPLES.glob("*.jpg"))
         if not paths:
@@ -759,7 +763,8 @@ async def _demo(args: argparse.Namespace) -> int:
     if warning:
         print(f"layercast: warning: {warning}", file=sys.stderr)
     out = Path(args.out)
-    encoded = [await asyncio.to_thread(encode_path, p, args) for p in paths]
+    encoder = encoder_from_args(args)
+    encoded = [await asyncio.to_thread(encoder.encode, p) for p in paths]
     t_encoded = time.perf_counter()
     config = WebRTCConfig()
     reliable = [f for f in ("semantic", "structure", "texture") if config.policy(f).reliable]

@@ -306,6 +306,7 @@ class ReceiveSession:
         self._max_decodes = max_decodes
         self.coalesce_s = coalesce_s
         self._listeners: list[Callable[[Stage], None]] = []
+        self._event_listeners: list[Callable[[Event], None]] = []
         self._states: dict[tuple[str, int], _ImageState] = {}
         self._on_done: dict[tuple[str, int], list[Callable[[], None]]] = {}
         self._readers: set[asyncio.Task[None]] = set()
@@ -565,6 +566,12 @@ class ReceiveSession:
         self._listeners.append(callback)
         return lambda: self._listeners.remove(callback) if callback in self._listeners else None
 
+    def add_event_listener(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call `callback(event)` (on the event loop) for every assembler event (a layer arrived, a packet
+        was rejected, ...), after the session has handled it; returns a function that removes it."""
+        self._event_listeners.append(callback)
+        return lambda: self._event_listeners.remove(callback) if callback in self._event_listeners else None
+
     async def stages(self, *, maxsize: int = 256) -> AsyncIterator[Stage]:
         """Every stage from now on, as an async iterator (oldest dropped if the consumer falls behind)."""
         queue: asyncio.Queue[Stage] = asyncio.Queue(maxsize)
@@ -676,6 +683,9 @@ class ReceiveSession:
                     _Job(ev.layers, layer_signature(ev.layers), "image ready", True, ev),
                 )
             self._write(rec, now)
+        for ev in events:
+            for listener in list(self._event_listeners):
+                listener(ev)
 
     def _schedule(self, cam: str, sid: int, iid: int, job: _Job) -> None:
         st = self._states.get((cam, iid))

@@ -35,7 +35,7 @@ import stat
 import struct
 import warnings
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -374,3 +374,77 @@ def _bytes_text(value: bytes | str) -> str:
 
 def _clean(s: str) -> str:
     return s.replace("\0", "").strip()
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named in `inputs`, or found (non-recursively, sorted) in the folders named there.
+
+    InputError for a name that does not exist, a folder that cannot be listed, or when no image is found.
+    """
+    out: list[Path] = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            try:
+                out.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()))
+            except OSError as exc:
+                raise InputError(f"{path}: cannot list the folder ({exc.strerror or exc})") from None
+        elif path.exists():
+            out.append(path)
+        else:
+            raise InputError(f"no such file or folder: {name}")
+    if not out:
+        names = ", ".join(str(x) for x in inputs)
+        raise InputError(f"no images found in {names} (extensions: {', '.join(sorted(IMAGE_EXTS))})")
+    return out
+
+
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int] | int | None) -> np.ndarray:
+    """Resize to `size` = (width, height), or so the long side is `size`; area interpolation when shrinking."""
+    if size is None:
+        return rgb
+    import cv2
+
+    h, w = rgb.shape[:2]
+    if isinstance(size, tuple):
+        tw, th = size
+    else:
+        scale = size / max(w, h)
+        tw, th = max(1, round(w * scale)), max(1, round(h * scale))
+    if tw < 1 or th < 1:
+        raise InputError(f"resize target must be at least 1x1, got {tw}x{th}")
+    if (tw, th) == (w, h):
+        return rgb
+    interp = cv2.INTER_AREA if tw < w else cv2.INTER_CUBIC
+    return np.ascontiguousarray(cv2.resize(rgb, (tw, th), interpolation=interp))
+
+
+def from_pil(im: Image.Image, name: str = "<PIL image>") -> LoadedImage:
+    """An already opened Pillow image as a LoadedImage (size limits, mode conversion and text metadata as
+    :func:`load_image` applies them; EXIF orientation is applied to a copy)."""
+    _check_size(im.size, name)
+    info = read_text_metadata(im)
+    oriented = im
+    with contextlib.suppress(*_DECODE_ERRORS):  # unreadable EXIF: keep the stored orientation
+        oriented = ImageOps.exif_transpose(im) or im
+    rgb = to_rgb(oriented, name)
+    h, w = rgb.shape[:2]
+    return LoadedImage(rgb=rgb, width=int(w), height=int(h), format=im.format or "", info=info)
+
+
+def from_array(a: np.ndarray, name: str = "<array>") -> LoadedImage:
+    """A uint8 array as a LoadedImage: (H, W, 3) RGB, (H, W, 4) RGBA (composited on white) or (H, W) grey."""
+    arr = np.asarray(a)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise InputError(
+            f"{name}: expected a uint8 array of shape (H, W), (H, W, 3) or (H, W, 4), got {arr.dtype} {arr.shape}"
+        )
+    _check_size((int(arr.shape[1]), int(arr.shape[0])), name)
+    if arr.ndim == 2:
+        rgb = _gray3(arr)
+    elif arr.shape[2] == 4:
+        rgb = _on_white(arr)
+    else:
+        rgb = arr
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    return LoadedImage(rgb=rgb, width=int(rgb.shape[1]), height=int(rgb.shape[0]), format="", info={})

@@ -2,7 +2,7 @@
 
     spool = Spool(spool_dir, camera="cam1")
     async with SendSession(mqtt_transport, profile="mqtt", camera="cam1") as tx:
-        service = SpoolService(tx, spool, encode=lambda p: tx.encode_file(p, args), watch=Path("incoming"))
+        service = SpoolService(tx, spool, encode=lambda p: tx.encode_file(p, Encoder()), watch=Path("incoming"))
         await service.run(stop)          # until `stop` is set; or run_once() for a one-shot send
 
 Two tasks share the spool. The *scanner* polls the watched folder every `poll_s` seconds, encodes each

@@ -2,7 +2,7 @@
 
     async with SendSession(transport, profile=get_profile("sbd"), key=key, stream_id=7) as tx:
         report = await tx.send_image(encoded)          # one EncodedImage
-        reports = await tx.send_paths(paths, args)     # encode files (CLI options) and send them
+        reports = await tx.send_paths(paths, Encoder())   # encode image files and send them
 
 Per image: `proto.framing.packetize` cuts the layers to the profile's MTU (semantic first, the image
 header on fragment 0 of every layer on links), `common.fec.add_repair` adds repair fragments per layer
@@ -13,15 +13,15 @@ loop until each departure time). The report records per-layer packet counts, byt
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layercast.common.errors import InputError, LayercastError
 from layercast.common.fec import FecPolicy, add_repair
@@ -31,6 +31,12 @@ from layercast.common.transport.lossy import LinkModel, LossyTransport
 from layercast.common.types import DEFAULT_ORDER, EncodedImage, LayerKind
 from layercast.proto import framing, pb
 from layercast.sender.link import LinkProfile, Pacer, get_profile
+
+if TYPE_CHECKING:
+    from layercast.sender.encode import EncodeResult
+    from layercast.sender.encoder import Encoder
+
+log = logging.getLogger(__name__)
 
 MAX_SEQUENCE_START = 2**42 - 2**32
 """Sequence numbers stay below 2**42 so they fit the 6 varint bytes `packetize` reserves for them."""
@@ -336,31 +342,35 @@ class SendSession:
         self.reports.append(report)
         return report
 
-    def encode_file(self, path: Path, args: argparse.Namespace) -> Any:
-        """Encode one image file with the CLI's encode options (an EncodeResult; blocking, so call it in a
-        worker thread). Without `args.stripe_rows`, an image that travels as one bundled packet is coded
-        with one edge stripe: stripes exist so a lost packet costs one stripe; where the image travels
-        whole they only cost bytes (~5% of the structure)."""
-        from layercast.cli import encode_path
+    def encode_file(self, path: Path, encoder: Encoder) -> EncodeResult:
+        """Encode one image file with `encoder` as this camera (blocking: call it in a worker thread).
 
-        if getattr(args, "stripe_rows", None) is None and self.bundle:
-            one_stripe = argparse.Namespace(**{**vars(args), "stripe_rows": 0})
-            whole = encode_path(path, one_stripe, stream_id=self.stream_id)
+        With `encoder.auto_stripes` (no explicit stripe count), an image that travels as one bundled packet
+        is coded with one edge stripe: stripes exist so a lost packet costs one stripe; where the image
+        travels whole they only cost bytes (~5% of the structure). Encoder warnings (an empty prompt) are
+        logged.
+        """
+        result = None
+        if encoder.auto_stripes and self.bundle:
+            whole = encoder.with_options(stripe_rows=0).encode(path, stream_id=self.stream_id)
             if self.travels_whole(whole.image):
-                return whole
-        return encode_path(path, args, stream_id=self.stream_id)
+                result = whole
+        if result is None:
+            result = encoder.encode(path, stream_id=self.stream_id)
+        for warning in result.warnings:
+            log.warning("%s: %s", path.name, warning)
+        return result
 
     async def send_paths(
         self,
         paths: Sequence[Path],
-        args: argparse.Namespace,
+        encoder: Encoder,
         *,
         progress: bool = True,
         on_error: Callable[[Path, LayercastError], None] | None = None,
     ) -> list[SendReport]:
-        """Encode image files with the CLI's encode options (`args`, as `layercast encode` takes them)
-        and send them in order. The next file is encoded in a worker thread while one is sent. Without
-        `args.stripe_rows`, an image that travels as one bundled packet is coded with one edge stripe.
+        """Encode image files with `encoder` and send them in order; the next file is encoded in a worker
+        thread while one is sent (see :meth:`encode_file`).
 
         A file that fails to encode is reported to `on_error` and skipped (raised when None).
         """
@@ -369,8 +379,8 @@ class SendSession:
         bar = Progress(len(paths), "send", enabled=progress)
         reports: list[SendReport] = []
 
-        def encode(path: Path) -> Any:
-            return self.encode_file(path, args)
+        def encode(path: Path) -> EncodeResult:
+            return self.encode_file(path, encoder)
 
         pending = asyncio.ensure_future(asyncio.to_thread(encode, paths[0])) if paths else None
         for i, path in enumerate(paths):

@@ -27,10 +27,11 @@ def encoded_samples(stream_id: int = 0) -> tuple[Any, ...]:
     The stream id is part of every packet, so it counts against the byte budget: encode with the id the
     stream will carry to compare with what a receiver rebuilds.
     """
-    from layercast.cli import build_parser, encode_path
+    from layercast.cli import build_parser
+    from layercast.cli_options import encoder_from_args
 
-    args = build_parser().parse_args(["encode", "x", "-o", "x", *ENCODE_FLAGS])
-    return tuple(encode_path(p, args, stream_id=stream_id) for p in sample_paths())
+    encoder = encoder_from_args(build_parser().parse_args(["encode", "x", "-o", "x", *ENCODE_FLAGS]))
+    return tuple(encoder.encode(p, stream_id=stream_id) for p in sample_paths())
 
 
 def file_decodes(results: Any) -> list[np.ndarray]:

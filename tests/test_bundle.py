@@ -196,6 +196,7 @@ async def test_send_paths_codes_one_stripe_only_for_images_that_travel_whole(tmp
     from PIL import Image
 
     from layercast.cli import build_parser
+    from layercast.cli_options import encoder_from_args
     from layercast.common.transport.memory import memory_pair
     from tests.imaging import busy
 
@@ -206,7 +207,7 @@ async def test_send_paths_codes_one_stripe_only_for_images_that_travel_whole(tmp
         args = build_parser().parse_args(["encode", "x", "-o", "x", "--resize", "512", *flags])
         a, _ = memory_pair()
         async with SendSession(a, profile=profile) as tx:
-            (report,) = await tx.send_paths([path], args, progress=False)
+            (report,) = await tx.send_paths([path], encoder_from_args(args), progress=False)
         units = {x.family: x.units for x in report.layers}
         return units["structure"], report.packets
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from broker import mosquitto_broker  # noqa: F401  (pytest fixture)
 
-from layercast.cli import build_parser, encode_path, main
+from layercast.cli import build_parser, main
+from layercast.cli_options import encoder_from_args
 from layercast.common.identity import camera_id
 from layercast.common.transport.memory import memory_pair
 from layercast.proto.framing import encode_varint
@@ -35,7 +36,7 @@ def test_send_to_file_then_receive(tmp_path: Path, capsys: pytest.CaptureFixture
     args = build_parser().parse_args(["encode", "x", "-o", "x", *ENCODE_FLAGS])  # 32-row stripes, as encode
     for img, path in zip(sent["images"], sample_paths()[:2], strict=True):
         units = {x["family"]: x["units"] for x in img["layers"]}
-        assert units["structure"] == len(encode_path(path, args).image.layer("structure").units)
+        assert units["structure"] == len(encoder_from_args(args).encode(path).image.layer("structure").units)  # type: ignore[union-attr]
     assert sent["camera"] == "cam3" and sent["stream_id"] == camera_id("cam3")
     assert main(["receive", "--on", f"file:{lcs}", "--out", str(out), "--camera", "cam3", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
@@ -77,8 +78,8 @@ async def test_send_over_mqtt_bundles_whole_images_coded_in_one_stripe(
     assert [i["packets"] for i in sent["images"]] == [1, 1] and rx.summary.packets == 2
     assert [{x["family"]: x["units"] for x in i["layers"]}["structure"] for i in sent["images"]] == [1, 1]
     args = build_parser().parse_args(["encode", "x", "-o", "x", *ENCODE_FLAGS, "--stripe-rows", "0"])
-    results = [encode_path(p, args, stream_id=camera_id("cam9")) for p in sample_paths()[:2]]
-    assert [len(r.image.layer("structure").units) for r in results] == [1, 1]
+    results = [encoder_from_args(args).encode(p, stream_id=camera_id("cam9")) for p in sample_paths()[:2]]
+    assert [len(r.image.layer("structure").units) for r in results] == [1, 1]  # type: ignore[union-attr]
     for iid, ref in enumerate(file_decodes(results)):
         assert np.array_equal(read_png(out / "cam9" / str(iid) / "final.png"), ref)
 

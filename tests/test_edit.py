@@ -27,10 +27,10 @@ def _units(img: EncodedImage, family: str) -> list[bytes]:
     return list(layer.units)
 
 
-def _same_except(a: EncodedImage, b: EncodedImage, family: str) -> None:
+def _same_except(a: EncodedImage, b: EncodedImage, *families: str) -> None:
     for fam in ("semantic", "structure", "texture"):
-        if fam != family and a.layer(fam) is not None:
-            assert _units(a, fam) == _units(b, fam), f"{fam} changed by an edit of {family}"
+        if fam not in families and a.layer(fam) is not None:
+            assert _units(a, fam) == _units(b, fam), f"{fam} changed by an edit of {families}"
             assert a.layer(fam).descriptor == b.layer(fam).descriptor  # type: ignore[union-attr]
 
 
@@ -63,38 +63,67 @@ def test_recolour_edits(img: EncodedImage) -> None:
         edit.recolor(img, lambda cm: colormap_edit.set_cell(cm, 99, 0, (0, 0, 0)))
 
 
-@pytest.mark.parametrize("op", ["flip-h", "flip-v", "rotate90", "rotate180", "rotate270"])
-def test_structure_transforms(img: EncodedImage, op: str) -> None:
-    new = _roundtrip(edit.transform_structure(img, op))
-    _same_except(img, new, "structure")
-    a = layerset_from_image(img).structure
-    b = layerset_from_image(new).structure
-    assert isinstance(a, EdgeMap) and isinstance(b, EdgeMap)
-    expect = {
-        "flip-h": a.edges[:, ::-1],
-        "flip-v": a.edges[::-1],
-        "rotate90": np.rot90(a.edges, -1),
-        "rotate180": np.rot90(a.edges, 2),
-        "rotate270": np.rot90(a.edges, 1),
-    }[op]
-    assert np.array_equal(b.edges, expect)
+_PERMUTATIONS = {
+    "flip-h": lambda a: a[:, ::-1],
+    "flip-v": lambda a: a[::-1],
+    "rotate90": lambda a: np.rot90(a, -1),
+    "rotate180": lambda a: np.rot90(a, 2),
+    "rotate270": lambda a: np.rot90(a, 1),
+}
+
+
+@pytest.mark.parametrize("op", list(_PERMUTATIONS))
+def test_flips_and_rotations_permute_structure_and_texture(img: EncodedImage, op: str) -> None:
+    new, changed = edit.transform(img, op)
+    assert changed == ("structure", "texture")
+    new = _roundtrip(new)
+    _same_except(img, new, "structure", "texture")
+    a, b = layerset_from_image(img), layerset_from_image(new)
+    assert isinstance(a.structure, EdgeMap) and isinstance(b.structure, EdgeMap)
+    assert a.texture is not None and b.texture is not None
+    assert np.array_equal(b.structure.edges, _PERMUTATIONS[op](a.structure.edges))
+    assert np.array_equal(b.texture.cells, _PERMUTATIONS[op](a.texture.cells))
+    assert new.layer("texture").descriptor.colormap.quality == img.layer("texture").descriptor.colormap.quality  # type: ignore[union-attr]
     if op in ("rotate90", "rotate270"):
         assert (new.header.width, new.header.height) == (img.header.height, img.header.width)
 
 
 def test_crop_and_scale(img: EncodedImage) -> None:
-    new = _roundtrip(edit.transform_structure(img, "crop", (0.25, 0.0, 0.75, 0.5)))
-    _same_except(img, new, "structure")
+    new, changed = edit.transform(img, "crop", (0.25, 0.0, 0.75, 0.5))
+    assert changed == ("structure", "texture")
+    new = _roundtrip(new)
+    _same_except(img, new, "structure", "texture")
     assert (new.header.width, new.header.height) == (256, 192)
-    a = layerset_from_image(img).structure
-    b = layerset_from_image(new).structure
-    assert isinstance(a, EdgeMap) and isinstance(b, EdgeMap)
-    assert b.edges.shape[1] == pytest.approx(a.edges.shape[1] / 2, abs=1)
-    small = layerset_from_image(edit.transform_structure(img, "scale", 0.5)).structure
-    assert isinstance(small, EdgeMap) and small.edges.shape == a.edges.shape
-    assert small.edges.sum() < a.edges.sum()
-    h, w = a.edges.shape
-    assert not small.edges[: h // 8].any() and not small.edges[:, : w // 8].any()  # content shrank to the centre
+    a = layerset_from_image(img)
+    b = layerset_from_image(new)
+    assert isinstance(a.structure, EdgeMap) and isinstance(b.structure, EdgeMap)
+    assert b.structure.edges.shape[1] == pytest.approx(a.structure.edges.shape[1] / 2, abs=1)
+    assert a.texture is not None and b.texture is not None
+    assert a.texture.grid == (6, 8) and b.texture.grid == (6, 8)  # as many cells on the long side
+    assert _units(new, "texture") != _units(img, "texture")
+    assert new.layer("texture").nbytes <= img.layer("texture").nbytes  # type: ignore[union-attr]
+    small = layerset_from_image(edit.transform(img, "scale", 0.5).image)
+    assert isinstance(small.structure, EdgeMap) and small.structure.edges.shape == a.structure.edges.shape
+    assert small.structure.edges.sum() < a.structure.edges.sum()
+    h, w = a.structure.edges.shape
+    edges = small.structure.edges
+    assert not edges[: h // 8].any() and not edges[:, : w // 8].any()  # content shrank to the centre
+    assert small.texture is not None and small.texture.grid == a.texture.grid
+
+
+def test_transform_moves_whatever_spatial_layers_there_are(img: EncodedImage) -> None:
+    no_texture = edit.drop_layer(img, "texture")
+    new, changed = edit.transform(no_texture, "rotate90")
+    assert changed == ("structure",) and new.layer("texture") is None
+    _same_except(no_texture, _roundtrip(new), "structure")
+    no_structure = edit.drop_layer(img, "structure")
+    new, changed = edit.transform(no_structure, "crop", (0.0, 0.0, 0.5, 1.0))
+    assert changed == ("texture",) and new.layer("structure") is None
+    _same_except(no_structure, _roundtrip(new), "texture")
+    assert (new.header.width, new.header.height) == (256, 384)
+    assert layerset_from_image(new).texture.grid == (8, 5)  # type: ignore[union-attr]
+    with pytest.raises(EditError, match="no structure or texture layer"):
+        edit.transform(edit.drop_layer(no_structure, "texture"), "flip-h")
 
 
 def test_drop_and_errors(img: EncodedImage) -> None:
@@ -103,9 +132,9 @@ def test_drop_and_errors(img: EncodedImage) -> None:
     _same_except(img, new, "texture")
     with pytest.raises(EditError, match="no texture layer"):
         edit.recolor(new, lambda cm: cm)
-    with pytest.raises(EditError, match="unknown structure transform"):
-        edit.transform_structure(img, "shear")
+    with pytest.raises(EditError, match="unknown transform"):
+        edit.transform(img, "shear")
     with pytest.raises(EditError, match="crop box"):
-        edit.transform_structure(img, "crop", (0.5, 0.5, 0.2, 0.9))
+        edit.transform(img, "crop", (0.5, 0.5, 0.2, 0.9))
     with pytest.raises(EditError, match="scale factor"):
-        edit.transform_structure(img, "scale", 0)
+        edit.transform(img, "scale", 0)

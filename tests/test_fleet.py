@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from layercast.cli import build_parser
+from layercast.cli_options import encoder_from_args
 from layercast.common.transport.memory import memory_pair
 from layercast.sender.session import SendSession
 from tests.fleet_helpers import Proc, finals, make_images, persistent_broker, sender_argv, wait_for
@@ -33,7 +34,7 @@ def _reference(camera: str, source: Path) -> np.ndarray:
     """What the receiver must write for `source` sent by `camera`: the sender's own encode, file-decoded."""
     args = build_parser().parse_args(["send", "--to", "mqtt://x/layercast/c", "--link", "mqtt", "--max-bytes", "400"])
     session = SendSession(memory_pair()[0], profile="mqtt", camera=camera)
-    (ref,) = file_decodes([session.encode_file(source, args)])
+    (ref,) = file_decodes([session.encode_file(source, encoder_from_args(args))])
     return ref
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from layercast.cli import add_decoder_options, add_fallback_option, main, make_receive_decoder
+from layercast.cli import main
+from layercast.cli_options import add_decoder_options, add_fallback_option, make_receive_decoder
 from layercast.common.errors import InputError, LayercastError, ModelError
 
 
