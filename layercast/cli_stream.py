@@ -269,6 +269,13 @@ def add_parsers(sub: Any) -> None:
     )
     d.add_argument("--limit", type=int, help="send at most N images")
     d.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
+    d.add_argument(
+        "--web",
+        type=int,
+        metavar="PORT",
+        help="serve the live view on this port (0 = any free port) while the images arrive, and keep serving it"
+        " after the demo until Ctrl-C",
+    )
     _add_link_options(d, link="sbd", loss="5%", delay="300ms", rate=9600.0)
     add_encode_options(d, resize=512)
     add_decoder_options(d)
@@ -276,6 +283,21 @@ def add_parsers(sub: Any) -> None:
 
 
 # --- shared helpers ------------------------------------------------------------------------------------
+
+
+async def _until_interrupted() -> None:
+    """Wait for SIGINT or SIGTERM."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 def load_key_arg(spec: str | None) -> Any:
@@ -772,7 +794,16 @@ async def _demo(args: argparse.Namespace) -> int:
     reports = []
     rx = ReceiveSession(decoder=decoder, out_dir=out, image_timeout=max(1.0, 4 * delay + 0.5))
     server = WebRTCServer("127.0.0.1", 0, config, on_transport=rx.serve_transport)
-    async with rx, server:
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(rx)
+        await stack.enter_async_context(server)
+        if args.web is not None:
+            from layercast.receiver.web import LiveView
+
+            view = LiveView(rx)
+            stack.callback(view.close)
+            web_url = await stack.enter_async_context(view.serve("127.0.0.1", args.web))
+            print(f"layercast: live view on {web_url}", file=sys.stderr, flush=True)
         transport = await connect_webrtc(server.url, config, timeout=30, camera="demo")
         t_connected = time.perf_counter()
         session = SendSession(
@@ -791,6 +822,9 @@ async def _demo(args: argparse.Namespace) -> int:
             await session.transport.drain()
             await asyncio.sleep(min(0.2, 0.05 + delay / 4))  # the last packets cross the real connection
         await rx.finish()
+        if args.web is not None:
+            print("layercast: demo done; the live view stays up until Ctrl-C", file=sys.stderr, flush=True)
+            await _until_interrupted()
     elapsed = time.perf_counter() - t_start
     rows: list[dict[str, Any]] = []
     for rep in reports:

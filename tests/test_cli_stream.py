@@ -123,6 +123,37 @@ def test_demo_runs_and_writes_stages(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "semantic" in text and f"output: {out}" in text
 
 
+def test_demo_serves_the_live_view_until_interrupted(tmp_path: Path) -> None:
+    """`demo --web PORT` serves the live page while images arrive and after, until SIGINT (a real process)."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    argv = ["demo", "--limit", "2", "--out", str(tmp_path / "d"), "--rate", "40k", "--web", "0", *ENCODE_FLAGS]
+    proc = subprocess.Popen([sys.executable, "-m", "layercast", *argv], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        url = None
+        for line in proc.stderr:
+            found = re.search(r"live view on (http://\S+/)", line)
+            url = url or (found.group(1) if found else None)
+            if "stays up until Ctrl-C" in line:
+                break
+        assert url, "no live view URL printed"
+        with urllib.request.urlopen(url + "events", timeout=10) as resp:
+            state = json.loads(resp.read())
+        assert (
+            "demo" in json.dumps(state["cameras"])
+            and "<html" in urllib.request.urlopen(url, timeout=10).read().decode()
+        )
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+
+
 async def test_live_view_page_events_and_png(tmp_path: Path) -> None:
     from aiohttp import ClientSession
 
