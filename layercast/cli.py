@@ -106,11 +106,16 @@ examples:
 BENCH_HELP = """\
 Measure sizes, speed and quality against classical baselines measured in the same run (JPEG/WebP/AVIF at
 matched bytes, JBIG85 for edges, brotli/zstd for prompts), stream throughput per link profile and the fleet
-path; writes results.json and rd.png to --out.
+path; writes results.json and rd.png to --out. With --decoder sd (and decode's model options) the sd part
+decodes each image per layer mode (prompt, +structure, +colour) and names the pipeline each really ran;
+--random-weights times full-size models built from the shipped configs instead.
 
 examples:
   layercast bench ../shared/data/aigi --limit 20
   layercast bench imgs/ --skip stream --skip sd --json
+  layercast bench imgs/ --decoder sd --sd-config sd.toml --skip stream     SD per layer mode, with its models
+  layercast bench imgs/ --decoder sd --random-weights                     GPU timing without any weights
+  layercast bench imgs/ --decoder sd --random-weights --steps 1 --limit 1 --device cpu --json
 """
 
 
@@ -199,8 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench-out", help="folder for results.json and rd.png (default bench-out)")
     b.add_argument("--limit", type=int, help="use at most N images")
     b.add_argument("--prompts", help="prompt corpus CSV (default ../shared/data/prompts/agiqa3k.csv when present)")
-    b.add_argument("--decoder", default="preview", choices=["preview", "sd"], help="decoder to evaluate")
-    b.add_argument("--model", help="Stable Diffusion model folder (for --decoder sd)")
+    add_decoder_options(b)
+    b.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="with --decoder sd: time full-size SD 1.5 + ControlNet canny + colour T2I-Adapter built with random"
+        " weights from the shipped published configs (no model folders, nothing downloaded; the sd part only):"
+        " per mode, 4 steps (LCM) and 20 steps (or --steps N), batch 1 and 4 (up to --limit), torch.compile off"
+        " and on (CUDA; --compile: on only)",
+    )
+    b.add_argument(
+        "--metric-weights",
+        metavar="DIR",
+        help="local weights of the sd part's quality metrics: DIR/torch as TORCH_HOME (pyiqa LPIPS/DISTS and FID"
+        " Inception in DIR/torch/hub), DIR/clip a transformers CLIP folder; nothing is downloaded, a metric whose"
+        " weights are not local says 'not available offline'",
+    )
     b.add_argument(
         "--skip",
         action="append",
@@ -287,6 +306,9 @@ def result_summary(name: str, res: EncodeResult) -> dict[str, Any]:
         "edge_long_side": res.rung.long_side if res.rung else None,
         "texture_quality": res.texture_quality,
         "prompt_source": res.prompt_source,
+        "prompt_chars": res.prompt_chars,
+        "prompt_chars_sent": res.prompt_chars_sent,
+        "prompt_cuts": [c.as_dict() for c in res.prompt_cuts],
         "negative_dropped": res.negative_dropped,
         "warnings": list(res.warnings),
         "encode_ms": round(res.timings_ms.get("total_ms", 0.0), 2),
@@ -332,7 +354,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
     else:
         for s in summaries:
             lb = ", ".join(f"{k} {v} B" for k, v in s["layer_bytes"].items())
-            print(f"{s['output']}: {s['total_bytes']} B ({s['bpp']:.4f} bpp) [{lb}] in {s['encode_ms']:.1f} ms")
+            cut = ", ".join(c["step"] for c in s["prompt_cuts"])
+            print(
+                f"{s['output']}: {s['total_bytes']} B ({s['bpp']:.4f} bpp) [{lb}] in {s['encode_ms']:.1f} ms"
+                + (f"; prompt cut to fit: {cut}" if cut else "")
+            )
         for f in failures:
             print(f"{f['input']}: FAILED {f['error']}: {f['message']}")
     return 1 if failures else 0

@@ -5,7 +5,12 @@
     result.image       # EncodedImage (header + layers) for streaming
 
 Extractors are pure functions; layer codecs are pure; rate control (sender.ratecontrol) picks the
-structure rung and colormap quality that fit the byte budget, framing included.
+structure rung and colormap quality that fit the byte budget, framing included. A stream never exceeds its
+budget: a prompt too large to fit beside the minimum structure and texture is reduced first, in the order
+sender.prompt_fit documents (repeated prompts; the negative prompt's and the text's tokens after the 75 that
+Stable Diffusion 1.5 reads; the negative prompt; then, at tiny budgets only, more of the text);
+`EncodeResult.prompt_cuts` says what was cut. Only a budget smaller than the image header with an empty
+prompt gives `fits` False.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from layercast.common.types import (
     Prompt,
 )
 from layercast.proto import framing, pb
-from layercast.sender import ratecontrol
+from layercast.sender import prompt_fit, ratecontrol
+from layercast.sender.prompt_fit import PromptCut
 from layercast.sender.ratecontrol import Rung
 
 EdgeFn = Callable[[Rung], np.ndarray]
@@ -93,11 +99,29 @@ class EncodeResult:
     data: bytes
     budget: int
     fits: bool
+    """`len(data) <= budget`: always True, except when even the image header with an empty prompt and no
+    structure or texture exceeds the budget (that smallest stream is then returned, with a warning)."""
     rung: Rung | None
     texture_quality: int | None
     timings_ms: dict[str, float] = field(default_factory=dict)
     negative_dropped: bool = False
-    """True when the negative prompt was left out so that structure and texture fit the budget."""
+    """True when the negative prompt was left out to fit the budget (the `negative` cut)."""
+    prompt_cuts: tuple[PromptCut, ...] = ()
+    """What was cut from the prompt to fit the budget, in the order cut (sender.prompt_fit.STEPS); empty when
+    nothing was. `[c.as_dict() for c in prompt_cuts]` is the JSON form."""
+    prompt_chars: int = 0
+    """Characters of the prompt given (text + negative)."""
+    prompt_chars_sent: int = 0
+    """Characters of the prompt the semantic layer carries (text + negative); 0 when it is dropped."""
+    prompt_sent: Prompt | None = None
+    """The prompt the semantic layer carries (None when `options.drop` leaves the layer out)."""
+    warnings: list[str] = field(default_factory=list)
+    """Human-readable notes for the user when the budget costs the prompt words the decoder would read (the
+    text cut below its 75-token window) or no stream can meet the budget. Routine cuts (repeats, text after
+    the window, the negative prompt) are only in `prompt_cuts`; layers rate control left out, in `rung` and
+    `texture_quality`."""
+    prompt_source: str = "argument"
+    """Where the prompt came from (sender.encoder.PROMPT_SOURCES); "argument" from encode_image itself."""
 
     @property
     def total_bytes(self) -> int:
@@ -142,8 +166,9 @@ def encode_image(
     """Encode one RGB uint8 image (H, W, 3) with its prompt into a budget-fitted layered stream.
 
     `edge_fn` replaces the Canny extractor (e.g. HED soft edges); `pose` supplies keypoints when
-    options.structure == "pose". The prompt is never cut; a negative prompt is left out (negative_dropped)
-    when carrying it would crowd the structure or texture layer out of the budget.
+    options.structure == "pose". A prompt that does not fit beside the minimum structure and texture is
+    reduced (repeated prompts, the tokens after the decoder's 75, the negative prompt, then at tiny budgets
+    more of the text: sender.prompt_fit); `prompt_cuts` says what was cut.
     """
     opts = options or EncodeOptions()
     opts.validate()
@@ -157,11 +182,14 @@ def encode_image(
 
     from layercast.common.codecs.prompt import compress_prompt
 
-    semantic_full = compress_prompt(prompt) if "semantic" not in opts.drop else None
-    semantic_plain = (
-        compress_prompt(Prompt(prompt.text)) if semantic_full is not None and prompt.negative else semantic_full
-    )
-    semantic = semantic_full
+    semantic_cache: dict[Prompt, EncodedLayer] = {}
+
+    def coded(p: Prompt) -> EncodedLayer:
+        if p not in semantic_cache:
+            semantic_cache[p] = compress_prompt(p)
+        return semantic_cache[p]
+
+    semantic = coded(prompt) if "semantic" not in opts.drop else None
     t1 = time.perf_counter()
     timings["semantic_ms"] = (t1 - t0) * 1e3
 
@@ -213,8 +241,9 @@ def encode_image(
             )
         return structure_cache[rung]
 
-    def build(rung: Rung | None, q: int | None) -> EncodedImage:
-        layers = [layer for layer in (semantic, structure(rung), texture(q)) if layer is not None]
+    def build(rung: Rung | None, q: int | None, sem: EncodedLayer | None = None) -> EncodedImage:
+        first = sem if sem is not None else semantic
+        layers = [layer for layer in (first, structure(rung), texture(q)) if layer is not None]
         return EncodedImage(
             header=hdr,
             layers=framing.order_layers(layers, opts.order),
@@ -222,8 +251,8 @@ def encode_image(
             image_id=image_id,
         )
 
-    def size_of(rung: Rung | None, q: int | None) -> int:
-        return len(framing.images_to_container([build(rung, q)], order=opts.order))
+    def size_of(rung: Rung | None, q: int | None, sem: EncodedLayer | None = None) -> int:
+        return len(framing.images_to_container([build(rung, q, sem)], order=opts.order))
 
     rungs = [Rung(0, 0.0, 0)] if pose_layer is not None else ratecontrol.ladder(opts.max_long_side, opts.min_long_side)
     qualities: Sequence[int] = (
@@ -255,21 +284,33 @@ def encode_image(
             estimate=estimate if efn is not None else None,
         )
 
-    choice = search()
-    negative_dropped = False
-    if semantic_plain is not semantic_full and _layers_lost(choice, with_structure, with_texture):
-        # the negative prompt ranks below structure and colour: drop it when it crowds a layer out
-        semantic = semantic_plain
-        plain = search()
-        if _layers_lost(plain, with_structure, with_texture) < _layers_lost(choice, with_structure, with_texture):
-            choice, negative_dropped = plain, True
-        else:
-            semantic = semantic_full
+    fitted = None
+    warnings: list[str] = []
+    if semantic is not None:
+        # the prompt is fitted beside the minimum structure and texture (then without them, on tiny budgets)
+        floors = ratecontrol.floors(rungs, qualities, with_structure=with_structure, with_texture=with_texture)
+        fitted = prompt_fit.fit_prompt(
+            prompt, budget, lambda p, level: size_of(*floors[level], coded(p)), levels=len(floors)
+        )
+        semantic = coded(fitted.prompt)
+        if any(c.step == "truncate_below_window" for c in fitted.cuts):  # the decoder loses words it would read
+            warnings.append(prompt_fit.summary(fitted.cuts, budget))
     t2 = time.perf_counter()
-    timings["rate_control_ms"] = (t2 - t1) * 1e3
+    timings["prompt_fit_ms"] = (t2 - t1) * 1e3
+    if fitted is not None and not fitted.fits:  # no stream fits: send the smallest
+        choice = ratecontrol.Choice(None, None, size_of(None, None), False, 0)
+        warnings.append(
+            f"the {budget}-byte budget cannot hold even the image header with an empty prompt and no other layer"
+            f" ({choice.total_bytes} bytes): raise --bpp or --max-bytes"
+        )
+    else:
+        choice = search()
+    t3 = time.perf_counter()
+    timings["rate_control_ms"] = (t3 - t2) * 1e3
     image = build(choice.rung, choice.texture_quality)
     data = framing.images_to_container([image], order=opts.order)
     timings["total_ms"] = (time.perf_counter() - t0) * 1e3
+    sent = fitted.prompt if fitted is not None else None
     return EncodeResult(
         image=image,
         data=data,
@@ -278,10 +319,10 @@ def encode_image(
         rung=choice.rung if pose_layer is None else None,
         texture_quality=choice.texture_quality,
         timings_ms=timings,
-        negative_dropped=negative_dropped,
+        negative_dropped=fitted is not None and any(c.step == "negative" for c in fitted.cuts),
+        prompt_cuts=fitted.cuts if fitted is not None else (),
+        prompt_chars=len(prompt.text) + len(prompt.negative),
+        prompt_chars_sent=len(sent.text) + len(sent.negative) if sent is not None else 0,
+        prompt_sent=sent,
+        warnings=warnings,
     )
-
-
-def _layers_lost(choice: ratecontrol.Choice, with_structure: bool, with_texture: bool) -> int:
-    """How many wanted layers rate control had to drop."""
-    return int(with_structure and choice.rung is None) + int(with_texture and choice.texture_quality is None)

@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 SOURCES = ("a1111", "comfyui", "invokeai", "novelai", "exif", "xmp")
 """Values of GenerationInfo.source."""
 
+PROMPT_SEPARATOR = "\n"
+"""Joins the several prompts a graph feeds one conditioning (ComfyUI combine/concat nodes, SDXL text_g/text_l,
+several encoders), one per line, so the encoder can tell them apart when a budget forces it to drop repeated
+ones (see :mod:`layercast.sender.prompt_fit`). A prompt's own lines (A1111 multi-line prompts) stay lines."""
+
 MAX_METADATA_CHARS = 8_000_000
 """Metadata values longer than this are ignored (Pillow already caps a PNG text chunk at 1 MB)."""
 
@@ -209,7 +214,7 @@ def _unique(texts: list[str]) -> list[str]:
 
 
 def _join(texts: list[str]) -> str:
-    return "\n".join(_unique(texts))
+    return PROMPT_SEPARATOR.join(_unique(texts))
 
 
 def _clean(text: str) -> str:
@@ -324,6 +329,12 @@ _STRING_KEYS = ("text", "string", "value", "prompt", "text_a", "text_b", "text_c
 _MODEL_KEYS = ("ckpt_name", "unet_name", "model_name", "model_path", "base_ckpt_name")
 
 
+def _cond_order(name: str) -> tuple[bool, str]:
+    """Order of a node's conditioning inputs: by name, but ConditioningConcat's appended `conditioning_from`
+    after its base `conditioning_to`, so a graph's main prompt comes first (a budget cuts from the end)."""
+    return (name == "conditioning_from", name)
+
+
 def _is_link(v: object) -> bool:
     return isinstance(v, list) and len(v) == 2 and isinstance(v[0], str | int) and isinstance(v[1], int)
 
@@ -422,7 +433,7 @@ class _Api:
         if _is_link(ins.get("positive")) and _is_link(ins.get("negative")):  # e.g. ControlNetApplyAdvanced
             return self.texts(ins["positive" if slot == 0 else "negative"], depth + 1)
         out = []
-        for k in sorted(ins):
+        for k in sorted(ins, key=_cond_order):
             if "cond" in k.lower() and _is_link(ins[k]):
                 out += self.texts(ins[k], depth + 1)
         return out
@@ -548,7 +559,7 @@ def parse_comfyui_workflow(wf: object) -> GenerationInfo | None:
         if "positive" in ins and "negative" in ins:
             return texts(ins["positive" if slot == 0 else "negative"], depth + 1)
         out: list[str] = []
-        for k in sorted(ins):
+        for k in sorted(ins, key=_cond_order):
             if "cond" in k.lower():
                 out += texts(ins[k], depth + 1)
         return out

@@ -1,9 +1,16 @@
 """Rate control (pure, no I/O): choose structure and texture parameters so the whole stream fits a budget.
 
 The budget counts every byte of the `.lcs` container (magic, length prefixes, packet framing, CRCs).
-The semantic layer is lossless and never cut. The structure layer is the big one: a ladder of
-(working long side, Canny threshold scale, minimum edge length) rungs, richest first, is searched for the
-richest rung that fits; if none fits, texture quality is lowered, then structure, then texture are dropped.
+The semantic layer is coded losslessly; it comes in already fitted (sender.prompt_fit cuts the prompt, in a
+documented order, when it does not fit beside the minimum layers, `floors`). The structure layer is the big
+one: a ladder of (working long side, Canny threshold scale, minimum edge length) rungs, richest first, is
+searched for the richest rung that fits; if none fits, texture quality is lowered, then structure, then
+texture are dropped.
+
+The minimum structure and texture, which a prompt is cut to make room for: the poorest rung of the ladder
+(the `min_long_side` working side, default 32 px, at the coarsest threshold knob, 2.0 x Canny thresholds and
+edges of at least 12 px; the pose layer itself for pose structure) and the lowest colormap quality tried
+(10, or the fixed `--texture-quality`).
 """
 
 from __future__ import annotations
@@ -32,6 +39,21 @@ def ladder(max_long_side: int = 256, min_long_side: int = 32) -> list[Rung]:
 
 
 TEXTURE_QUALITIES: tuple[int, ...] = (50, 35, 20, 10)
+
+
+def floors(
+    rungs: Sequence[Rung], texture_qualities: Sequence[int], *, with_structure: bool = True, with_texture: bool = True
+) -> list[tuple[Rung | None, int | None]]:
+    """The layer floors, in the order they give way: the minimum structure and texture (the last, poorest
+    rung; the last, lowest quality), then without structure, then without texture. A layer not wanted is
+    absent from every floor (and floors that become equal are listed once); the last floor has no layer."""
+    structure = rungs[-1] if with_structure and rungs else None
+    texture = texture_qualities[-1] if with_texture and texture_qualities else None
+    out: list[tuple[Rung | None, int | None]] = []
+    for floor in ((structure, texture), (None, texture), (None, None)):
+        if floor not in out:
+            out.append(floor)
+    return out
 
 
 @dataclass

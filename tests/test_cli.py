@@ -90,6 +90,23 @@ def test_prompt_override_and_budget(png: Path, tmp_path: Path, capsys: pytest.Ca
     assert layers.prompt is not None and layers.prompt.text == "a boat, at night"
 
 
+def test_a_long_prompt_is_cut_to_the_budget_and_the_json_says_so(
+    png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    words = " ".join(f"detail{i} of a very ornate cathedral window" for i in range(60))  # ~420 tokens
+    lcs = tmp_path / "long.lcs"
+    doc = run_json(capsys, "encode", str(png), "-o", str(lcs), "--prompt", words, "--negative", "blurry, " * 90)
+    assert doc["total_bytes"] <= doc["budget_bytes"] == 655 and doc["fits"] and lcs.stat().st_size <= 655
+    assert set(doc["layer_bytes"]) == {"semantic", "structure", "texture"}
+    steps = [c["step"] for c in doc["prompt_cuts"]]
+    assert "truncate" in steps and doc["prompt_chars_sent"] < doc["prompt_chars"]
+    assert next(c for c in doc["prompt_cuts"] if c["step"] == "truncate")["tokens_kept"] >= 75
+    sent = run_json(capsys, "inspect", str(lcs))["prompt"]
+    assert words.startswith(sent) and len(sent.split()) >= 60  # a prefix of whole words, >= 75 CLIP tokens
+    assert main(["encode", str(png), "-o", str(lcs), "--prompt", words]) == 0
+    assert "prompt cut to fit: " in capsys.readouterr().out
+
+
 def test_folder_encode_with_progress_and_failures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "imgs"
     src.mkdir()

@@ -64,12 +64,16 @@ def test_one_stripe_codes_the_same_edges_in_fewer_bytes() -> None:
     assert np.array_equal(a.edges, b.edges)  # type: ignore[union-attr]
 
 
-def test_prompt_is_never_cut_even_over_budget() -> None:
+def test_long_prompt_is_cut_to_fit_even_a_tiny_budget() -> None:
+    """The budget wins (sender.prompt_fit): below the minimum layers' room the text is cut, not the budget."""
     long_prompt = "an extremely detailed prompt " * 40
     res = encode_image(scene(), Prompt(long_prompt), options=EncodeOptions(max_bytes=100))
-    assert not res.fits
-    assert layerset_from_image(res.image).prompt == Prompt(long_prompt)
-    assert res.image.layer("structure") is None and res.image.layer("texture") is None
+    assert res.fits and res.total_bytes <= 100
+    sent = layerset_from_image(res.image).prompt
+    assert sent == res.prompt_sent and sent is not None and long_prompt.startswith(sent.text) and sent.text
+    assert [c.step for c in res.prompt_cuts] == ["truncate", "truncate_below_window"]
+    assert res.prompt_chars == len(long_prompt) and res.prompt_chars_sent == len(sent.text)
+    assert res.warnings and "100-byte budget" in res.warnings[0]
 
 
 def test_order_and_drop_options() -> None:
@@ -129,6 +133,7 @@ def test_every_shared_aigi_image_fits_0_02_bpp_and_decodes() -> None:
         res = encode_image(rgb, Prompt(row["prompt"]))
         assert res.fits and res.total_bytes <= 655, row["file"]
         assert res.image.layer("structure") is not None and res.image.layer("texture") is not None, row["file"]
+        assert res.prompt_cuts == () and res.prompt_sent == Prompt(row["prompt"]), row["file"]  # short: never cut
         out = dec.decode(layerset_from_image(framing.container_to_images(res.data)[0]))
         assert out.shape == (512, 512, 3)
         sizes.append(res.total_bytes)
@@ -140,7 +145,10 @@ def test_negative_prompt_gives_way_to_structure_and_texture() -> None:
     negative = "lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality"
     tight = encode_image(scene(256, 256), Prompt("bird", negative))  # 163-byte budget
     assert tight.fits and tight.negative_dropped
+    assert [c.as_dict() for c in tight.prompt_cuts] == [{"step": "negative", "chars_removed": len(negative)}]
+    assert tight.warnings == []  # routine: reported in prompt_cuts, not warned about
     assert tight.image.layer("structure") is not None and tight.image.layer("texture") is not None
     assert layerset_from_image(tight.image).prompt == Prompt("bird")
     roomy = encode_image(scene(), Prompt("bird", negative))  # 655 bytes: room for everything
     assert not roomy.negative_dropped and layerset_from_image(roomy.image).prompt == Prompt("bird", negative)
+    assert roomy.prompt_cuts == () and not roomy.warnings

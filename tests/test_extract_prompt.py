@@ -17,6 +17,7 @@ from PIL import Image, PngImagePlugin
 from layercast.common import limits
 from layercast.common.types import Prompt
 from layercast.sender.extract_prompt import (
+    PROMPT_SEPARATOR,
     SOURCES,
     GenerationInfo,
     extract_generation_info,
@@ -146,6 +147,28 @@ def test_comfyui_through_lora_controlnet_and_combine() -> None:
     assert g.negative == "lowres, blurry"  # ControlNetApplyAdvanced output 1 is the negative
     assert (g.seed, g.steps, g.cfg_scale, g.sampler) == (42, 30, 6.0, "dpmpp_2m karras")
     assert (g.width, g.height, g.model_name) == (768, 512, "dreamshaper_8.safetensors")
+
+
+def test_comfyui_several_prompts_one_per_line_main_prompt_first() -> None:
+    """Several prompts of a graph stay apart (PROMPT_SEPARATOR), so a tight budget can drop repeated ones;
+    ConditioningConcat's base (`conditioning_to`) comes before what it appends (`conditioning_from`)."""
+    graph: dict[str, Any] = {
+        "1": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse on a cliff"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "oil painting style"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "(a lighthouse on a cliff:1.2)"}},
+        "4": {"class_type": "ConditioningSetArea", "inputs": {"conditioning": ["3", 0], "width": 256}},
+        "5": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["1", 0], "conditioning_2": ["4", 0]}},
+        "6": {"class_type": "ConditioningConcat",
+              "inputs": {"conditioning_to": ["5", 0], "conditioning_from": ["2", 0]}},
+        "7": {"class_type": "KSampler", "inputs": {"positive": ["6", 0], "negative": ["1", 0], "seed": 1}},
+    }  # fmt: skip
+    g = parse_comfyui_prompt(graph)
+    assert g is not None
+    assert g.prompt.split(PROMPT_SEPARATOR) == [
+        "a lighthouse on a cliff",
+        "(a lighthouse on a cliff:1.2)",
+        "oil painting style",
+    ]
 
 
 def test_comfyui_sdxl_advanced_sampler_and_text_node() -> None:
