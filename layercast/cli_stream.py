@@ -68,7 +68,8 @@ sources:
                                     ?group=G shares the work among receivers (MQTT 5 shared subscription);
                                     ?client_id=ID&session_expiry=S keep a persistent session (default:
                                     client id layercast-rx-<host>-<out hash>, 86400 s; session_expiry=0
-                                    for a clean session)
+                                    for a clean session); also ?tls=1&ca=FILE&cert=FILE&key=FILE
+                                    &insecure=1&keepalive=30&reconnect=0 (as for send)
   file:PATH, file:-                 read a .lcs container, or stdin
 
 outputs: OUT/<camera>/<image>/stage-<n>.png (progressive), OUT/<camera>/<image>/final.png, OUT/events.jsonl

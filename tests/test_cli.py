@@ -36,8 +36,18 @@ def test_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for word in ("encode", "decode", "inspect", "edit", "bench", "examples"):
+    for word in ("encode", "decode", "inspect", "edit", "bench", "examples", "exit status"):
         assert word in out
+    for command in ("encode", "decode", "inspect", "edit", "bench", "send", "receive", "demo"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "examples:" in text and f"layercast {command} " in text.split("examples:")[1], command
+        assert text.split("\n\n")[1].strip(), f"{command} --help has no description"
+    for command in ("send", "receive"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "tls=1" in capsys.readouterr().out  # the MQTT URL options
 
 
 def test_encode_inspect_decode(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
