@@ -424,7 +424,13 @@ def cmd_decode(args: argparse.Namespace) -> int:
                 }
             )
             continue
-        rgb = img.render(decoder=decoder if decoder is not None else "preview", layer=args.layer)
+        notes: tuple[str, ...] = ()
+        with_info = getattr(decoder, "decode_with_info", None) if args.layer == "all" else None
+        if with_info is not None:  # the SD decoder says which layers it could not use, and why
+            out_rgb, info = with_info(img.layers)
+            rgb, notes = np.asarray(out_rgb), tuple(info.notes)
+        else:
+            rgb = img.render(decoder=decoder if decoder is not None else "preview", layer=args.layer)
         ms = (time.perf_counter() - t0) * 1e3
         save_png(target, rgb)
         results.append(
@@ -436,8 +442,11 @@ def cmd_decode(args: argparse.Namespace) -> int:
                 "layers": img.layers.present(),
                 "decoder": getattr(decoder, "name", args.layer),
                 "decode_ms": round(ms, 2),
+                "notes": list(notes),
             }
         )
+        for note in notes:
+            print(f"layercast: note: image {img.image_id}: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else {"images": results, "warning": warning}))
     else:

@@ -51,6 +51,12 @@ class SDConfig:
     `steps`/`guidance` None = defaults (20 / 7.5, or 4 / 1.0 with an LCM-LoRA or the "lcm" scheduler; the
     stream's `hints.cfg_scale` is used for guidance when set). `dtype`/`device` "auto" = float16 on CUDA,
     float32 on CPU.
+
+    Generation size: the short side at `native_side` (None = the model's own, UNet sample_size x VAE
+    factor: 512 for SD 1.5), the long side capped at `max_side` (None = 2 x native: the model repeats
+    subjects beyond about 2:1), then the output is resized to the header's size. `pipelines`: decodes that
+    may run at once on this decoder (each holds its own pipelines and scheduler; the weights are shared);
+    more wait for a free one.
     """
 
     model: str | None = None
@@ -68,7 +74,9 @@ class SDConfig:
     dtype: str = "auto"
     compile: bool = False
     attention_slicing: bool = False
-    max_side: int = 768
+    native_side: int | None = None
+    max_side: int | None = None
+    pipelines: int = 1
     preview: str = "approx"
 
     def validate(self) -> None:
@@ -91,8 +99,12 @@ class SDConfig:
             raise InputError(f"dtype must be auto, float16, bfloat16 or float32, got {self.dtype!r}")
         if self.preview not in ("approx", "vae", "none"):
             raise InputError(f"preview must be approx, vae or none, got {self.preview!r}")
-        if self.max_side < 64:
+        if self.max_side is not None and self.max_side < 64:
             raise InputError(f"max_side must be >= 64, got {self.max_side}")
+        if self.native_side is not None and self.native_side < 64:
+            raise InputError(f"native_side must be >= 64, got {self.native_side}")
+        if not 1 <= self.pipelines <= 16:
+            raise InputError(f"pipelines must be in 1..16, got {self.pipelines}")
 
     @property
     def few_step(self) -> bool:
@@ -325,3 +337,13 @@ def scheduler_class(name: str) -> Any:
     import diffusers
 
     return getattr(diffusers, SCHEDULERS[name])
+
+
+def make_scheduler(name: str, base_config: Any) -> Any:
+    """A `SCHEDULERS` scheduler built from a model's scheduler config.
+
+    PNDM skips its Runge-Kutta warm-up, as SD 1.5's own scheduler config says: the warm-up breaks below
+    4 steps (and img2img runs only `strength` of them).
+    """
+    extra = {"skip_prk_steps": True} if name == "pndm" else {}
+    return scheduler_class(name).from_config(base_config, **extra)

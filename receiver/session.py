@@ -92,6 +92,9 @@ class Stage:
     partial: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
     camera: str = ""
+    notes: tuple[str, ...] = ()
+    """What the decoder left unused and why (e.g. "no ControlNet for 'canny' configured: structure layer
+    ignored", a LoRA tag stripped); empty when every layer was used."""
 
     def record(self) -> dict[str, Any]:
         """JSON-ready summary (no pixels)."""
@@ -110,6 +113,7 @@ class Stage:
             "complete": self.complete,
             "partial": list(self.partial),
             "missing": list(self.missing),
+            "notes": list(self.notes),
         }
 
 
@@ -712,16 +716,18 @@ class ReceiveSession:
                     continue
             if job.sig == st.last_sig and st.last_stage is not None:
                 if job.final:
-                    await self._emit(cam, sid, iid, st, job, st.last_stage.rgb, st.last_stage.decode_ms, reuse=True)
+                    last = st.last_stage
+                    await self._emit(cam, sid, iid, st, job, last.rgb, last.decode_ms, reuse=True, notes=last.notes)
                 continue
             stop = threading.Event()
             st.running, st.stop = job, stop
+            notes: tuple[str, ...] = ()
             try:
                 async with self._sem:
                     if stop.is_set() and not job.final:
                         rgb, ms, error = None, 0.0, None
                     else:
-                        rgb, ms, error = await asyncio.to_thread(self._decode, job.layers, stop)
+                        rgb, ms, error, notes = await asyncio.to_thread(self._decode, job.layers, stop)
             finally:
                 st.running, st.stop = None, None
             if stop.is_set() and not job.final:
@@ -749,7 +755,7 @@ class ReceiveSession:
                     used = "none (grey frame)"
                 await self._emit(cam, sid, iid, st, job, rgb, ms, reuse=False, decoder=used)
                 continue
-            await self._emit(cam, sid, iid, st, job, rgb, ms, reuse=False)
+            await self._emit(cam, sid, iid, st, job, rgb, ms, reuse=False, notes=notes)
         if st.pending is None and st.last_stage is not None and st.last_stage.final:
             self._states.pop((cam, iid), None)
 
@@ -770,16 +776,26 @@ class ReceiveSession:
             record["coalesced"] = True
         self._write(record, self._loop.time())
 
-    def _decode(self, layers: LayerSet, stop: threading.Event) -> tuple[np.ndarray | None, float, str | None]:
+    def _decode(
+        self, layers: LayerSet, stop: threading.Event
+    ) -> tuple[np.ndarray | None, float, str | None, tuple[str, ...]]:
+        """(pixels or None, ms, error or None, the decoder's notes on layers it left unused)."""
         t = time.perf_counter()
+        notes: tuple[str, ...] = ()
         try:
-            rgb = _as_rgb(self.decoder.decode(layers, should_stop=stop.is_set), layers)
+            with_info = getattr(self.decoder, "decode_with_info", None)
+            if with_info is not None:
+                out, info = with_info(layers, should_stop=stop.is_set)
+                notes = tuple(info.notes)
+            else:
+                out = self.decoder.decode(layers, should_stop=stop.is_set)
+            rgb = _as_rgb(out, layers)
         except LayercastError as exc:
-            return None, (time.perf_counter() - t) * 1e3, f"{type(exc).__name__}: {exc}"
+            return None, (time.perf_counter() - t) * 1e3, f"{type(exc).__name__}: {exc}", ()
         except Exception as exc:
             log.exception("decoder %s crashed", getattr(self.decoder, "name", "?"))
-            return None, (time.perf_counter() - t) * 1e3, f"{type(exc).__name__}: {exc}"
-        return rgb, (time.perf_counter() - t) * 1e3, None
+            return None, (time.perf_counter() - t) * 1e3, f"{type(exc).__name__}: {exc}", ()
+        return rgb, (time.perf_counter() - t) * 1e3, None, notes
 
     @staticmethod
     def _fallback_decode(layers: LayerSet) -> tuple[np.ndarray | None, float, str | None]:
@@ -804,6 +820,7 @@ class ReceiveSession:
         *,
         reuse: bool,
         decoder: str | None = None,
+        notes: tuple[str, ...] = (),
     ) -> None:
         """Write and announce a stage; `decoder` names the one that made it when not the session's."""
         assert self._loop is not None
@@ -836,6 +853,7 @@ class ReceiveSession:
             partial=ready.partial_families if ready is not None else (),
             missing=ready.missing_families if ready is not None else (),
             camera=cam,
+            notes=notes,
         )
         if not reuse:
             rec.stages = index

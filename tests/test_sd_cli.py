@@ -34,10 +34,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     canny = tiny_models.save_tiny_controlnet(root / "cn-canny", seed=1)
     config = root / "sd.json"
     config.write_text(json.dumps({"model": str(sd), "controlnets": {"canny": str(canny)}, "steps": 2, "device": "cpu"}))
+    plain = root / "sd-plain.json"  # no ControlNet: the structure layer cannot be used, and the decoder says so
+    plain.write_text(json.dumps({"model": str(sd), "steps": 2, "device": "cpu"}))
     res = encode_image(scene(64, 64, seed=4), Prompt("a red house"), options=EncodeOptions(max_bytes=300))
     lcs = root / "house.lcs"
     lcs.write_bytes(res.data)
-    return {"config": config, "lcs": lcs, "sd": sd}
+    return {"config": config, "plain": plain, "lcs": lcs, "sd": sd}
 
 
 @pytest.fixture(autouse=True)
@@ -56,8 +58,14 @@ def test_cli_decode_with_sd_is_deterministic(
         assert main([*argv, "--json"]) == 0
         doc = json.loads(capsys.readouterr().out)
         assert doc["decoder"] == "sd" and doc["layers"] == ["semantic", "structure", "texture"]
+        assert doc["notes"] == []  # every layer used: canny ControlNet, colormap through img2img
         outs.append(np.asarray(Image.open(out)))
     assert outs[0].shape == (64, 64, 3) and np.array_equal(outs[0], outs[1])
+    argv = ["decode", str(setup["lcs"]), "--decoder", "sd", "--sd-config", str(setup["plain"]), "-o", str(out)]
+    assert main([*argv, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert any("structure layer ignored" in n for n in json.loads(captured.out)["notes"])
+    assert "layercast: note: image 0: no ControlNet/T2I-Adapter for 'canny' configured" in captured.err
     preview = tmp_path / "p.png"
     assert main(["decode", str(setup["lcs"]), "-o", str(preview)]) == 0
     assert not np.array_equal(outs[0], np.asarray(Image.open(preview))), "the SD output is not the preview"
@@ -76,7 +84,7 @@ def test_cli_sd_without_weights_falls_back_with_a_clear_message(
 
 
 def test_receiver_decodes_progressively_with_sd(setup: dict[str, Path], tmp_path: Path) -> None:
-    decoder = load_decoder(SDConfig.from_file(setup["config"]))
+    decoder = load_decoder(SDConfig.from_file(setup["plain"]))
     (img,) = framing.container_to_images(setup["lcs"].read_bytes())
 
     async def run() -> ReceiveSession:
@@ -95,6 +103,8 @@ def test_receiver_decodes_progressively_with_sd(setup: dict[str, Path], tmp_path
     started = [e["layers"] for e in events if e["event"] in ("Stage", "DecodeCancelled")]
     # the prompt alone starts a decode at once (kept, or cancelled when a richer layer set overtook it)
     assert started[0] == ["semantic"] and started[-1] == ["semantic", "structure", "texture"]
+    final_stage = next(e for e in events if e["event"] == "Stage" and e["final"])
+    assert any("structure layer ignored" in n for n in final_stage["notes"])  # the event log carries the notes
     assert len(sorted(folder.glob("stage-*.png"))) >= 1
     final = np.asarray(Image.open(folder / "final.png"))
     assert np.array_equal(final, decoder.decode(layerset_from_image(img))), "final stage = the SD decode of the file"
