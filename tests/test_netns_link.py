@@ -379,13 +379,16 @@ def test_cli_over_mqtt_across_lossy_link(netns_ok: None, tmp_path: Path) -> None
     """MQTT (TCP): the kernel's loss costs retransmissions only, so every layer sent arrives complete."""
     with veth_pair(rate_kbit=RATE_KBIT, loss_pct=LOSS_PCT, burst=BURST) as link:
         start_broker(link, tmp_path)
-        r = stream_across(
-            link,
-            tmp_path,
-            on=f"mqtt://{link.addr_b}:1883/layercast",
-            to=f"mqtt://{link.addr_b}:1883/layercast/cam1",
-            send_opts=["--link", "mqtt", *ENCODE],
-        )
+        for attempt in range(3):  # ~15 TCP packets cross the rule: at 20 % loss none is dropped ~4 % of runs
+            r = stream_across(
+                link,
+                tmp_path / str(attempt),
+                on=f"mqtt://{link.addr_b}:1883/layercast",
+                to=f"mqtt://{link.addr_b}:1883/layercast/cam1",
+                send_opts=["--link", "mqtt", *ENCODE],
+            )
+            if r["dropped"]:
+                break
     outcome = check_outputs(r)
     for key, families in sent_families(r).items():
         assert outcome[key]["complete"] >= families and not outcome[key]["partial"], (key, outcome[key])
