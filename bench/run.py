@@ -3,13 +3,15 @@
 Parts: images (Layercast vs JPEG/WebP/AVIF, lowest quality and matched bytes), prompts (prompt coder vs
 brotli-11/zstd-19 on held-out prompts), edges (edge coder vs JBIG85/PNG on held-out maps), stream
 (time to first preview / full quality over an emulated thin link, throughput, overhead), sd (generative
-decoder timings, where models exist). Writes results.json and rd.png into --out.
+decoder per layer mode, where models exist; or, with --random-weights, full-size models with random weights
+timed per mode, steps, batch and torch.compile). Writes results.json and rd.png into --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import sys
 import time
@@ -20,6 +22,9 @@ from layercast.common.errors import InputError
 from layercast.progress import Progress
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+SD_IMAGES = 8
+"""Images the sd part decodes (in every mode) when --limit is not given."""
 
 
 def _default_dir() -> Path | None:
@@ -55,17 +60,27 @@ def run_bench(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"folder": str(folder), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tables: list[str] = []
     skip = set(args.skip)
+    random_weights = bool(getattr(args, "random_weights", False))
+    if random_weights:
+        if args.decoder != "sd":
+            raise InputError("--random-weights times the Stable Diffusion decoder: add --decoder sd")
+        skip |= {"images", "prompts", "edges", "stream"}  # the other parts do not use the SD models
+
+    @functools.cache
+    def sd_decoder() -> tuple[Any, str | None]:
+        """The `--decoder sd` decoder (decode's options), loaded once for the images and sd parts; it falls
+        back to the preview decoder, with the warning, when its models cannot load."""
+        from layercast.cli_options import make_decoder
+
+        decoder, warning = make_decoder(args)
+        if warning:
+            print(f"layercast: warning: {warning}", file=sys.stderr)
+        return decoder, warning
 
     if "images" not in skip:
         from layercast.bench import images
 
-        decoder = None
-        if args.decoder == "sd":
-            from layercast.receiver.sd import decoder_from_cli
-
-            decoder, warning = decoder_from_cli(model=args.model, config_file=None, steps=None)
-            if warning:
-                print(f"layercast: warning: {warning}", file=sys.stderr)
+        decoder = sd_decoder()[0] if args.decoder == "sd" else None
         progress = Progress(len(paths), "bench images")
         res = images.run(
             paths,
@@ -101,7 +116,20 @@ def run_bench(args: argparse.Namespace) -> int:
     if "sd" not in skip and args.decoder == "sd":
         from layercast.bench import sd
 
-        res = sd.run(paths[: min(len(paths), 8)], model=args.model)
+        if random_weights:
+            from layercast.receiver.models import config_from_args
+
+            prompt = _manifest_prompts(folder).get(paths[0].name)
+            res = sd.run_random_weights(paths[0], config_from_args(args), limit=args.limit, prompt=prompt)
+        else:
+            decoder, warning = sd_decoder()
+            res = sd.run(
+                paths[: args.limit or SD_IMAGES],
+                decoder,
+                warning=warning,
+                prompts=_manifest_prompts(folder),
+                metric_weights=getattr(args, "metric_weights", None),
+            )
         results["sd"] = res
         tables.append("== sd ==\n" + sd.format_table(res))
 

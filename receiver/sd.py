@@ -583,15 +583,3 @@ def decoder_or_fallback(config: SDConfig) -> tuple[Decoder, str | None]:
         from layercast.receiver.preview import PreviewDecoder
 
         return PreviewDecoder(), f"{e}. Falling back to the preview decoder."
-
-
-def decoder_from_cli(
-    *, model: str | None = None, config_file: str | None = None, steps: int | None = None
-) -> tuple[Decoder, str | None]:
-    """`--decoder sd` for a CLI: the `--sd-config` file (if any), then `--model`/`--steps` over it; falls back."""
-    from dataclasses import replace
-
-    cfg = SDConfig.from_file(config_file) if config_file else SDConfig()
-    cfg = replace(cfg, model=model or cfg.model, steps=steps if steps is not None else cfg.steps)
-    cfg.validate()
-    return decoder_or_fallback(cfg)
