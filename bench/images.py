@@ -2,7 +2,13 @@
 
 Per image (resized to 512x512 as the paper does): bytes per layer, bpp, encode and decode time, PSNR/SSIM
 of the reconstruction; baselines: JPEG/WebP/AVIF at their lowest quality, and downscaled WebP/AVIF at
-matched bytes (the best PSNR any (size, quality) reaches within Layercast's byte count).
+matched bytes (the best PSNR any (size, quality) reaches within Layercast's byte count: complete files
+against the complete .lcs stream).
+
+Besides the decoder's output on the default (generative, `--target sd`) split, each image is decoded by the
+CPU preview decoder in several ways (`PREVIEW_VARIANTS`: the pre-colourisation preview, bicubic colour,
+edge-aware colour clean and as a sketch), and encoded a second time with `--target preview` (the split made
+for the preview decoder), which gets WebP/AVIF matched to its own byte count (`webp-matched@preview`, ...).
 """
 
 from __future__ import annotations
@@ -103,18 +109,50 @@ def load_512(path: Path) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(rgb, (SIDE, SIDE), interpolation=cv2.INTER_AREA))
 
 
+def _today_preview(layers: Any) -> np.ndarray:
+    """The preview decoder before edge-aware colour (bicubic colour with the edges drawn as dark lines)."""
+    from layercast.receiver.preview import preview
+
+    return preview(layers, style="sketch", colour="bicubic")
+
+
+def _preview_variant(style: str, colour: str) -> Callable[[Any], np.ndarray]:
+    from layercast.receiver.preview import preview
+
+    return lambda layers: preview(layers, style=style, colour=colour)
+
+
+PREVIEW_VARIANTS: dict[str, Callable[[Any], np.ndarray]] = {
+    "preview-before": _today_preview,
+    "preview-bicubic": _preview_variant("clean", "bicubic"),
+    "preview-sketch": _preview_variant("sketch", "edge-aware"),
+    "preview-clean": _preview_variant("clean", "edge-aware"),
+}
+"""Preview decodes of the default split: before this colourisation (bicubic + dark lines), bicubic colour
+alone, edge-aware colour with lines, edge-aware colour alone (the default)."""
+
+
+def _timed(fn: Callable[[Any], np.ndarray], arg: Any) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    out = fn(arg)
+    return out, (time.perf_counter() - t0) * 1e3
+
+
 def run(
     paths: list[Path],
     prompts: dict[str, str],
     *,
     decoder: Any = None,
     progress: Callable[[str], None] | None = None,
+    targets: tuple[str, ...] = ("sd", "preview"),
 ) -> dict[str, Any]:
-    """Encode, decode and compare every image; returns per-image rows and a summary."""
+    """Encode, decode and compare every image; returns per-image rows and a summary.
+
+    `targets`: the splits encoded ("sd", the default split, always; "preview": also `--target preview`)."""
     from layercast.common.types import Prompt
     from layercast.receiver.layers import layerset_from_image
     from layercast.receiver.preview import PreviewDecoder
-    from layercast.sender.encode import encode_image
+    from layercast.sender.encode import EncodeOptions, encode_image
 
     dec = decoder or PreviewDecoder()
     formats = available_formats()
@@ -131,9 +169,20 @@ def run(
                 t0 = time.perf_counter()
                 res = encode_image(rgb, prompt)
                 times.append((time.perf_counter() - t0) * 1e3)
+            pres, pre_ms = None, 0.0
+            if "preview" in targets:
+                t0 = time.perf_counter()
+                pres = encode_image(rgb, prompt, options=EncodeOptions(target="preview"))
+                pre_ms = (time.perf_counter() - t0) * 1e3
+            layers = layerset_from_image(res.image)
+            variants: dict[str, Any] = {}  # preview decodes on one core, like the encode
+            for name, fn in PREVIEW_VARIANTS.items():
+                out, ms = _timed(fn, layers)
+                variants[name] = {"psnr": psnr(rgb, out), "ssim": ssim(rgb, out), "decode_ms": ms}
+            if pres is not None:
+                pre_out, pre_dec_ms = _timed(PreviewDecoder().decode, layerset_from_image(pres.image))
         finally:
             cv2.setNumThreads(threads)
-        layers = layerset_from_image(res.image)
         t0 = time.perf_counter()
         rec = dec.decode(layers)
         dec_ms = (time.perf_counter() - t0) * 1e3
@@ -149,12 +198,34 @@ def run(
             "decode_ms": dec_ms,
             "psnr": psnr(rgb, rec),
             "ssim": ssim(rgb, rec),
+            "texture_grid": list(res.texture_grid) if res.texture_grid else None,
+            "variants": variants,
             "baselines": {},
         }
+        if pres is not None:
+            row["preview_target"] = {
+                "total_bytes": pres.total_bytes,
+                "fits": pres.fits,
+                "layer_bytes": pres.layer_bytes(),
+                "edge_long_side": pres.rung.long_side if pres.rung else None,
+                "texture_grid": list(pres.texture_grid) if pres.texture_grid else None,
+                "texture_quality": pres.texture_quality,
+                "encode_ms": pre_ms,
+                "decode_ms": pre_dec_ms,
+                "psnr": psnr(rgb, pre_out),
+                "ssim": ssim(rgb, pre_out),
+            }
+        matched: dict[tuple[str, int], dict[str, Any] | None] = {}
         for fmt in formats:
             row["baselines"][f"{fmt.lower()}-lowest"] = lowest_quality(rgb, fmt)
-            if fmt != "JPEG":
-                row["baselines"][f"{fmt.lower()}-matched"] = matched_bytes(rgb, fmt, res.total_bytes)
+            if fmt == "JPEG":
+                continue
+            for suffix, nbytes in (("", res.total_bytes), ("@preview", pres.total_bytes if pres else None)):
+                if nbytes is None:
+                    continue
+                if (fmt, nbytes) not in matched:
+                    matched[fmt, nbytes] = matched_bytes(rgb, fmt, nbytes)
+                row["baselines"][f"{fmt.lower()}-matched{suffix}"] = matched[fmt, nbytes]
         rows.append(row)
         if progress:
             progress(path.name)
@@ -184,8 +255,38 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             fam: statistics.mean(r["layer_bytes"].get(fam, 0) for r in rows)
             for fam in ("semantic", "structure", "texture")
         },
+        "variants": {
+            name: {
+                "mean_psnr": statistics.mean(r["variants"][name]["psnr"] for r in rows),
+                "mean_ssim": statistics.mean(r["variants"][name]["ssim"] for r in rows),
+                "median_decode_ms": statistics.median(r["variants"][name]["decode_ms"] for r in rows),
+            }
+            for name in PREVIEW_VARIANTS
+            if all(name in r.get("variants", {}) for r in rows)
+        },
         "baselines": {},
     }
+    targeted = [r["preview_target"] for r in rows if r.get("preview_target")]
+    if targeted and len(targeted) == len(rows):
+        s["preview_target"] = {
+            "all_fit": all(t["fits"] for t in targeted),
+            "max_bytes": max(t["total_bytes"] for t in targeted),
+            "mean_bytes": statistics.mean(t["total_bytes"] for t in targeted),
+            "mean_bpp": statistics.mean(bpp(t["total_bytes"], SIDE, SIDE) for t in targeted),
+            "mean_psnr": statistics.mean(t["psnr"] for t in targeted),
+            "mean_ssim": statistics.mean(t["ssim"] for t in targeted),
+            "median_encode_ms": statistics.median(t["encode_ms"] for t in targeted),
+            "median_decode_ms": statistics.median(t["decode_ms"] for t in targeted),
+            "mean_layer_bytes": {
+                fam: statistics.mean(t["layer_bytes"].get(fam, 0) for t in targeted)
+                for fam in ("semantic", "structure", "texture")
+            },
+            "mean_texture_cells": statistics.mean(
+                t["texture_grid"][0] * t["texture_grid"][1] for t in targeted if t["texture_grid"]
+            )
+            if any(t["texture_grid"] for t in targeted)
+            else 0,
+        }
     names = sorted({k for r in rows for k in r["baselines"]})
     for name in names:
         vals = [r["baselines"][name] for r in rows if r["baselines"].get(name)]
@@ -209,17 +310,28 @@ def format_table(result: dict[str, Any]) -> str:
         return "images: none"
     lines = [
         f"images: {s['images']} at 512x512, decoder {result['decoder']}",
-        f"{'method':<22}{'bytes':>9}{'bpp':>9}{'PSNR dB':>9}{'SSIM':>7}",
-        f"{'layercast':<22}{s['mean_bytes']:>9.1f}{s['mean_bpp']:>9.4f}{s['mean_psnr']:>9.2f}{s['mean_ssim']:>7.3f}",
+        f"{'method':<26}{'bytes':>9}{'bpp':>9}{'PSNR dB':>9}{'SSIM':>7}",
+        f"{'layercast':<26}{s['mean_bytes']:>9.1f}{s['mean_bpp']:>9.4f}{s['mean_psnr']:>9.2f}{s['mean_ssim']:>7.3f}",
     ]
+    for name, v in s.get("variants", {}).items():
+        lines.append(
+            f"{'  ' + name:<26}{s['mean_bytes']:>9.1f}{s['mean_bpp']:>9.4f}{v['mean_psnr']:>9.2f}{v['mean_ssim']:>7.3f}"
+            f"  ({v['median_decode_ms']:.1f} ms)"
+        )
+    pt = s.get("preview_target")
+    if pt:
+        lines.append(
+            f"{'layercast --target preview':<26}{pt['mean_bytes']:>9.1f}{pt['mean_bpp']:>9.4f}{pt['mean_psnr']:>9.2f}"
+            f"{pt['mean_ssim']:>7.3f}"
+        )
     for name, b in s["baselines"].items():
         if b.get("images"):
             lines.append(
-                f"{name:<22}{b['mean_bytes']:>9.1f}{b['mean_bpp']:>9.4f}{b['mean_psnr']:>9.2f}{b['mean_ssim']:>7.3f}"
+                f"{name:<26}{b['mean_bytes']:>9.1f}{b['mean_bpp']:>9.4f}{b['mean_psnr']:>9.2f}{b['mean_ssim']:>7.3f}"
                 + ("" if b["images"] == s["images"] else f"  ({b['images']} fit)")
             )
         else:
-            lines.append(f"{name:<22}  nothing fits in Layercast's bytes")
+            lines.append(f"{name:<26}  nothing fits in Layercast's bytes")
     lb = s["mean_layer_bytes"]
     lines += [
         f"layer bytes (mean): semantic {lb['semantic']:.1f}, structure {lb['structure']:.1f},"
@@ -228,6 +340,14 @@ def format_table(result: dict[str, Any]) -> str:
         f"median encode {s['median_encode_ms']:.1f} ms on one core (target <= 30 ms), "
         f"median decode {s['median_decode_ms']:.1f} ms",
     ]
+    if pt:
+        plb = pt["mean_layer_bytes"]
+        lines.append(
+            f"--target preview: layer bytes (mean) semantic {plb['semantic']:.1f}, structure {plb['structure']:.1f},"
+            f" texture {plb['texture']:.1f}; {pt['mean_texture_cells']:.0f} colour cells (mean); max total"
+            f" {pt['max_bytes']} B: {'all fit' if pt['all_fit'] else 'SOME OVER BUDGET'}; median encode"
+            f" {pt['median_encode_ms']:.0f} ms, decode {pt['median_decode_ms']:.1f} ms"
+        )
     return "\n".join(lines)
 
 
@@ -243,6 +363,15 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     rows = result["rows"]
     ax.scatter([r["bpp"] for r in rows], [r["psnr"] for r in rows], label="layercast", s=18)
+    targeted = [r["preview_target"] for r in rows if r.get("preview_target")]
+    if targeted:
+        ax.scatter(
+            [bpp(t["total_bytes"], SIDE, SIDE) for t in targeted],
+            [t["psnr"] for t in targeted],
+            label="layercast --target preview",
+            s=18,
+            marker="^",
+        )
     names = sorted({k for r in rows for k in r["baselines"]})
     for name in names:
         pts = [

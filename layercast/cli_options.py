@@ -97,7 +97,20 @@ def add_encode_options(p: argparse.ArgumentParser, *, resize: tuple[int, int] | 
         help="edge-map rows per independently decodable stripe, what one lost packet costs (default 32; 0 = one"
         " stripe, ~5%% fewer structure bytes; send uses 0 when its packets ride a class that loses nothing)",
     )
-    g.add_argument("--cells", type=int, default=8, help="colormap cells on the long side (default 8)")
+    g.add_argument(
+        "--target",
+        choices=["sd", "preview"],
+        default="sd",
+        help="the decoder the split between edges and colour is made for: sd (default; the generative split:"
+        " most bytes on edges, an 8x8 colormap) or preview (the CPU preview decoder: 24-36 colour cells on the"
+        " long side (quality 30-50), edges in the bytes left; each image's split is the one whose preview"
+        " is nearest the image, at several times the encode time)",
+    )
+    g.add_argument(
+        "--cells",
+        type=int,
+        help="colormap cells on the long side (default 8; with --target preview: chosen per image, or this)",
+    )
     g.add_argument("--texture-quality", type=int, help="colormap quality 1..100 (default: chosen by rate control)")
     g.add_argument("--seed", type=int, help="generation seed to carry (default: from metadata)")
 
@@ -107,15 +120,23 @@ def encoder_from_args(args: argparse.Namespace) -> Encoder:
     from layercast.sender.encode import EncodeOptions
     from layercast.sender.encoder import Encoder
     from layercast.sender.prompt_source import load_prompts
+    from layercast.sender.ratecontrol import PREVIEW_TEXTURES
 
+    target = getattr(args, "target", "sd")
+    cells = getattr(args, "cells", None)
+    preview_textures = None
+    if target == "preview" and cells is not None:  # the grid pinned: the preview target picks the quality
+        preview_textures = tuple((cells, q) for q in sorted({q for _, q in PREVIEW_TEXTURES}, reverse=True))
     opts = EncodeOptions(
         bpp=args.bpp,
         max_bytes=args.max_bytes,
         order=tuple(args.order),
         structure=args.structure,
-        cells_long=args.cells,
+        cells_long=8 if cells is None else cells,
         texture_quality=args.texture_quality,
         seed=args.seed,
+        target=target,
+        preview_textures=preview_textures,
         **({} if args.stripe_rows is None else {"stripe_rows": args.stripe_rows}),
     )
     return Encoder(
@@ -138,6 +159,14 @@ def add_decoder_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--decoder", default="preview", choices=["preview", "sd"], help="decoder (default preview, CPU)")
     p.add_argument(
+        "--preview-style",
+        choices=["clean", "sketch"],
+        default="clean",
+        help="how the preview decoder shows the edges: clean (default; colour only, the edges are its"
+        " boundaries) or sketch (the edges also drawn as dark lines); a stage with edges but no colour always"
+        " draws them",
+    )
+    p.add_argument(
         "--max-pixels",
         type=int,
         metavar="N",
@@ -152,7 +181,7 @@ def make_decoder(args: argparse.Namespace) -> tuple[Any, str | None]:
     from layercast.receiver.preview import PreviewDecoder
 
     if args.decoder == "preview":
-        return PreviewDecoder(), None
+        return PreviewDecoder(style=getattr(args, "preview_style", "clean")), None
     from layercast.receiver.models import config_from_args
     from layercast.receiver.sd import decoder_or_fallback
 
@@ -215,8 +244,9 @@ def make_receive_decoder(args: argparse.Namespace) -> tuple[Any, str | None]:
     from layercast.common.errors import ModelError
     from layercast.receiver.preview import PreviewDecoder
 
+    style = getattr(args, "preview_style", "clean")
     if args.decoder != "sd":
-        return PreviewDecoder(), None
+        return PreviewDecoder(style=style), None
     from layercast.receiver.models import config_from_args
 
     cfg = config_from_args(args)
@@ -233,7 +263,7 @@ def make_receive_decoder(args: argparse.Namespace) -> tuple[Any, str | None]:
     except ModelError as exc:
         reason = _one_line(str(exc)).rstrip(".")
         if getattr(args, "fallback", "none") == "preview":
-            return PreviewDecoder(), (
+            return PreviewDecoder(style=style), (
                 f"--decoder sd cannot load its models ({reason}); --fallback preview: decoding with the CPU"
                 " preview decoder instead"
             )

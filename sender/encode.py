@@ -27,9 +27,11 @@ from layercast.common.metrics import budget_bytes
 from layercast.common.registry import COLORMAP_PRED, EDGES_CTX, POSE_KEYPOINTS, get_codec
 from layercast.common.types import (
     DEFAULT_ORDER,
+    Colormap,
     EdgeMap,
     EncodedImage,
     EncodedLayer,
+    LayerKind,
     PoseLayer,
     Prompt,
 )
@@ -42,6 +44,9 @@ EdgeFn = Callable[[Rung], np.ndarray]
 """A prepared edge extractor: rung -> bool edge map at the rung's working resolution."""
 
 STRUCTURES = ("canny", "hed", "pose", "none")
+TARGETS = ("sd", "preview")
+"""Decoders a stream can be split for: "sd" (the generative split: most bytes on edges, an 8x8 colormap;
+the default) or "preview" (the CPU preview decoder: most bytes on colour, ratecontrol.PREVIEW_TEXTURES)."""
 BITS_PER_EDGE = 2.25
 """Typical cost of one edge pixel in the edge coder (2.1-2.3 measured on held-out AIGI maps)."""
 STRUCTURE_FRAMING_BYTES = 24
@@ -52,7 +57,13 @@ STRUCTURE_FRAMING_BYTES = 24
 class EncodeOptions:
     """Encoder settings. `max_bytes` overrides `bpp`; `order` is the send order of layer families;
     `stripe_rows` cuts the edge map into independently decodable stripes (0 = one stripe: ~5% fewer
-    structure bytes, for links where no packet is lost alone)."""
+    structure bytes, for links where no packet is lost alone).
+
+    `target` is the decoder the split between edges and colour is made for: "sd" (default; `cells_long`
+    cells, the richest edge rung that fits) or "preview" (the CPU preview decoder: rate control tries the
+    (cells, quality) pairs of `preview_textures`, default ratecontrol.PREVIEW_TEXTURES, fits the richest
+    edge rung beside each, decodes each with the preview decoder and keeps the closest to the image;
+    `texture_quality`, when set, pins the quality)."""
 
     bpp: float = 0.02
     max_bytes: int | None = None
@@ -65,6 +76,8 @@ class EncodeOptions:
     min_long_side: int = 32
     drop: tuple[str, ...] = ()
     seed: int | None = None
+    target: str = "sd"
+    preview_textures: tuple[tuple[int, int], ...] | None = None
 
     def validate(self) -> None:
         """Raise InputError on values a user can get wrong."""
@@ -82,6 +95,14 @@ class EncodeOptions:
             )
         if self.texture_quality is not None and not 1 <= self.texture_quality <= 100:
             raise InputError(f"texture quality must be in 1..100, got {self.texture_quality}")
+        if self.target not in TARGETS:
+            raise InputError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        if self.preview_textures is not None:
+            if not self.preview_textures:
+                raise InputError("preview_textures needs at least one (cells, quality) pair")
+            for cells, quality in self.preview_textures:
+                if not 1 <= cells <= 64 or not 1 <= quality <= 100:
+                    raise InputError(f"preview texture ({cells}, {quality}) needs cells in 1..64, quality in 1..100")
         bad = [f for f in (*self.order, *self.drop) if f not in DEFAULT_ORDER]
         if bad:
             raise InputError(f"unknown layer family {bad[0]!r}; use semantic, structure, texture")
@@ -122,6 +143,8 @@ class EncodeResult:
     `texture_quality`."""
     prompt_source: str = "argument"
     """Where the prompt came from (sender.encoder.PROMPT_SOURCES); "argument" from encode_image itself."""
+    texture_grid: tuple[int, int] | None = None
+    """(rows, columns) of the colormap sent; None without a texture layer."""
 
     @property
     def total_bytes(self) -> int:
@@ -130,6 +153,14 @@ class EncodeResult:
     def layer_bytes(self) -> dict[str, int]:
         """Payload bytes per layer family."""
         return {layer.kind.family: layer.nbytes for layer in self.image.layers}
+
+
+def _grid(image: EncodedImage) -> tuple[int, int] | None:
+    for layer in image.layers:
+        if layer.kind == LayerKind.TEXTURE:
+            params = layer.descriptor.colormap
+            return (int(params.grid_height), int(params.grid_width))
+    return None
 
 
 def make_header(
@@ -195,19 +226,31 @@ def encode_image(
 
     with_texture = "texture" not in opts.drop
     with_structure = "structure" not in opts.drop and opts.structure != "none"
-    texture_cache: dict[int, EncodedLayer] = {}
-    colormap_value = None
-    if with_texture:
-        from layercast.sender.extract_texture import colormap
+    texture_cache: dict[tuple[int, int], EncodedLayer] = {}
+    colormaps: dict[int, Colormap] = {}
 
-        colormap_value = colormap(rgb, cells_long=opts.cells_long)
+    linear: list[np.ndarray] = []
 
-    def texture(q: int | None) -> EncodedLayer | None:
-        if q is None or colormap_value is None:
+    def texture(q: int | None, cells: int = opts.cells_long) -> EncodedLayer | None:
+        if q is None or not with_texture:
             return None
-        if q not in texture_cache:
-            texture_cache[q] = get_codec(COLORMAP_PRED).compress(colormap_value, quality=q)
-        return texture_cache[q]
+        if cells not in colormaps and opts.target == "preview":  # several grids: one linear-light image
+            import cv2
+
+            from layercast.common.color import linear_to_srgb8, srgb8_to_linear
+            from layercast.sender.extract_texture import grid_for
+
+            if not linear:
+                linear.append(srgb8_to_linear(rgb))
+            gh, gw = grid_for(width, height, cells)  # area averages in linear light, as extract_texture's
+            colormaps[cells] = Colormap(linear_to_srgb8(cv2.resize(linear[0], (gw, gh), interpolation=cv2.INTER_AREA)))
+        if cells not in colormaps:
+            from layercast.sender.extract_texture import colormap
+
+            colormaps[cells] = colormap(rgb, cells_long=cells)
+        if (cells, q) not in texture_cache:
+            texture_cache[cells, q] = get_codec(COLORMAP_PRED).compress(colormaps[cells], quality=q)
+        return texture_cache[cells, q]
 
     structure_cache: dict[Rung, EncodedLayer] = {}
     pose_layer: EncodedLayer | None = None
@@ -241,9 +284,11 @@ def encode_image(
             )
         return structure_cache[rung]
 
-    def build(rung: Rung | None, q: int | None, sem: EncodedLayer | None = None) -> EncodedImage:
+    def build(
+        rung: Rung | None, q: int | None, sem: EncodedLayer | None = None, cells: int = opts.cells_long
+    ) -> EncodedImage:
         first = sem if sem is not None else semantic
-        layers = [layer for layer in (first, structure(rung), texture(q)) if layer is not None]
+        layers = [layer for layer in (first, structure(rung), texture(q, cells)) if layer is not None]
         return EncodedImage(
             header=hdr,
             layers=framing.order_layers(layers, opts.order),
@@ -251,37 +296,65 @@ def encode_image(
             image_id=image_id,
         )
 
-    def size_of(rung: Rung | None, q: int | None, sem: EncodedLayer | None = None) -> int:
-        return len(framing.images_to_container([build(rung, q, sem)], order=opts.order))
+    def size_of(rung: Rung | None, q: int | None, sem: EncodedLayer | None = None, cells: int = opts.cells_long) -> int:
+        return len(framing.images_to_container([build(rung, q, sem, cells)], order=opts.order))
 
     rungs = [Rung(0, 0.0, 0)] if pose_layer is not None else ratecontrol.ladder(opts.max_long_side, opts.min_long_side)
     qualities: Sequence[int] = (
         (opts.texture_quality,) if opts.texture_quality is not None else ratecontrol.TEXTURE_QUALITIES
     )
-    base_sizes: dict[int | None, int] = {}
+    base_sizes: dict[tuple[int | None, int], int] = {}
     ref_counts: dict[tuple[float, int], int] = {}
 
-    def estimate(rung: Rung, q: int | None) -> int:
+    def estimate(rung: Rung, q: int | None, cells: int = opts.cells_long) -> int:
         """Stream bytes predicted from the edge count at the reference side (edges scale with the side)."""
         knob = (rung.threshold_scale, rung.min_length)
         if knob not in ref_counts:
             ref_counts[knob] = int(np.count_nonzero(edge_map(Rung(opts.max_long_side, *knob))))
         edges = ref_counts[knob] * rung.long_side / opts.max_long_side
-        if q not in base_sizes:
-            base_sizes[q] = size_of(None, q)
+        if (q, cells) not in base_sizes:
+            base_sizes[q, cells] = size_of(None, q, cells=cells)
         rows = max(1, round(rung.long_side * min(height, width) / max(height, width)))
         stripes = -(-rows // opts.stripe_rows) if opts.stripe_rows else 1
-        return base_sizes[q] + STRUCTURE_FRAMING_BYTES + stripes + int(edges * BITS_PER_EDGE / 8)
+        return base_sizes[q, cells] + STRUCTURE_FRAMING_BYTES + stripes + int(edges * BITS_PER_EDGE / 8)
 
-    def search() -> ratecontrol.Choice:
+    def search(cells: int = opts.cells_long, texture_qualities: Sequence[int] | None = None) -> ratecontrol.Choice:
         return ratecontrol.choose(
             budget,
             rungs,
-            size_of,
-            texture_qualities=qualities,
+            lambda rung, q: size_of(rung, q, cells=cells),
+            texture_qualities=qualities if texture_qualities is None else texture_qualities,
             with_structure=with_structure,
             with_texture=with_texture,
-            estimate=estimate if efn is not None else None,
+            estimate=(lambda rung, q: estimate(rung, q, cells)) if efn is not None else None,
+        )
+
+    def preview_search() -> tuple[ratecontrol.Choice, int] | None:
+        """The preview target: per (cells, quality) candidate the richest rung that fits beside it, scored by
+        the preview decoder's squared error against the image; None when no candidate's texture fits."""
+        candidates = opts.preview_textures or ratecontrol.PREVIEW_TEXTURES
+        if opts.texture_quality is not None:
+            candidates = tuple(dict.fromkeys((c, opts.texture_quality) for c, _ in candidates))
+
+        def decoded(rung: Rung | None, q: int, cells: int) -> np.ndarray:
+            from layercast.common.types import LayerSet
+            from layercast.receiver.preview import preview
+
+            tex = texture(q, cells)
+            assert tex is not None
+            layers = LayerSet(header=pb.ImageHeader(width=width, height=height))
+            layers.texture = get_codec(COLORMAP_PRED).decompress(tex.descriptor, tex.units)
+            if rung is not None and efn is not None:
+                layers.structure = EdgeMap(edges=edge_map(rung), source=edge_source)
+            elif rung is not None and pose is not None:
+                layers.structure = pose
+            return preview(layers)
+
+        return ratecontrol.choose_preview(
+            candidates,
+            lambda cells, q: search(cells, (q,)),
+            lambda choice, cells: decoded(choice.rung, choice.texture_quality or 0, cells),
+            rgb,
         )
 
     fitted = None
@@ -297,6 +370,7 @@ def encode_image(
             warnings.append(prompt_fit.summary(fitted.cuts, budget))
     t2 = time.perf_counter()
     timings["prompt_fit_ms"] = (t2 - t1) * 1e3
+    texture_cells = opts.cells_long
     if fitted is not None and not fitted.fits:  # no stream fits: send the smallest
         choice = ratecontrol.Choice(None, None, size_of(None, None), False, 0)
         warnings.append(
@@ -304,10 +378,14 @@ def encode_image(
             f" ({choice.total_bytes} bytes): raise --bpp or --max-bytes"
         )
     else:
-        choice = search()
+        found = preview_search() if opts.target == "preview" and with_texture else None
+        if found is not None:
+            choice, texture_cells = found
+        else:
+            choice = search()
     t3 = time.perf_counter()
     timings["rate_control_ms"] = (t3 - t2) * 1e3
-    image = build(choice.rung, choice.texture_quality)
+    image = build(choice.rung, choice.texture_quality, cells=texture_cells)
     data = framing.images_to_container([image], order=opts.order)
     timings["total_ms"] = (time.perf_counter() - t0) * 1e3
     sent = fitted.prompt if fitted is not None else None
@@ -318,6 +396,7 @@ def encode_image(
         fits=len(data) <= budget,
         rung=choice.rung if pose_layer is None else None,
         texture_quality=choice.texture_quality,
+        texture_grid=_grid(image),
         timings_ms=timings,
         negative_dropped=fitted is not None and any(c.step == "negative" for c in fitted.cuts),
         prompt_cuts=fitted.cuts if fitted is not None else (),

@@ -5,14 +5,16 @@ from __future__ import annotations
 import itertools
 import time
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from layercast.common.codecs.colormap import ColormapCodec
+from layercast.common.errors import InputError
 from layercast.common.types import Colormap, EdgeMap, LayerSet, PoseLayer, Prompt
 from layercast.proto import pb
-from layercast.receiver.preview import GREY, PreviewDecoder, render_colormap, render_structure
+from layercast.receiver.preview import GREY, STYLES, PreviewDecoder, preview, render_colormap, render_structure
 from layercast.sender.extract_texture import colormap
 from tests.conftest import aigi_manifest, shared_data
 
@@ -48,48 +50,122 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * np.log10(255.0**2 / max(mse, 1e-12))
 
 
+def luma(img: np.ndarray) -> np.ndarray:
+    return np.asarray(img.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
+
+
+@pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize(
     "prompt,structure,texture",
     list(itertools.product([None, Prompt("a cat")], [None, "edges", "pose"], [None, "colormap"])),
 )
-def test_every_subset_decodes(prompt: Prompt | None, structure: str | None, texture: str | None) -> None:
+def test_every_subset_decodes(style: str, prompt: Prompt | None, structure: str | None, texture: str | None) -> None:
     struct = {"edges": edges(), "pose": pose(), None: None}[structure]
     layers = LayerSet(header(), prompt=prompt, structure=struct, texture=cmap() if texture else None)
     steps: list[tuple[int, int]] = []
-    out = PreviewDecoder().decode(layers, on_step=lambda i, n, img: steps.append((i, n)))
+    out = PreviewDecoder(style).decode(layers, on_step=lambda i, n, img: steps.append((i, n)))
     assert out.shape == (H, W, 3) and out.dtype == np.uint8
     assert steps == [(1, 1)]
     if structure is None and texture is None:
         assert np.all(out == GREY)
     if structure is None and texture:
         assert np.array_equal(out, render_colormap(cmap(), W, H, smooth=True))
-    if structure == "edges":
-        base = PreviewDecoder().decode(LayerSet(header(), texture=layers.texture))
-        assert (out.astype(int).sum(axis=2) < base.astype(int).sum(axis=2)).any()  # lines darken
-        away = np.r_[0:16, 28:H]  # rows far from the horizontal line, column far from the vertical one
-        assert np.array_equal(out[away, 5], base[away, 5])  # untouched there
+    if structure == "edges" and texture is None:  # a stage with only edges shows them, in every style
+        y = luma(out)
+        assert y[21, 5] < GREY - 20 and y[5, 48] < GREY - 20  # on the lines (48x72 map shown at 64x96)
+        assert np.all(out[:16, :40] == GREY)  # grey away from them
     if structure == "pose":
         assert out[20, 48].tolist() == [255, 85, 0]  # neck joint colour over the colours
 
 
-def test_unknown_regions_are_masked_not_blank() -> None:
+@pytest.mark.parametrize("w,h", [(1, 1), (1, 37), (300, 2), (5, 7), (640, 360)])
+@pytest.mark.parametrize("style", STYLES)
+def test_output_contract_for_any_size_and_missing_layers(w: int, h: int, style: str) -> None:
+    hdr = header(w, h)
+    cases = [
+        LayerSet(hdr),  # nothing
+        LayerSet(hdr, structure=edges()),  # only edges
+        LayerSet(hdr, texture=cmap()),  # only the colormap
+        LayerSet(hdr, structure=edges(), texture=cmap()),
+        LayerSet(hdr, structure=EdgeMap(np.zeros((3, 2), bool)), texture=Colormap(np.zeros((1, 1, 3), np.uint8))),
+        LayerSet(hdr, structure=EdgeMap(np.ones((40, 40), bool)), texture=Colormap(np.full((64, 1, 3), 9, np.uint8))),
+        LayerSet(hdr, structure=EdgeMap(np.eye(5, dtype=bool)), texture=Colormap(np.full((1, 64, 3), 9, np.uint8))),
+    ]
+    for layers in cases:
+        out = preview(layers, style=style)
+        assert out.shape == (h, w, 3) and out.dtype == np.uint8, layers.present()
+
+
+def test_unknown_styles_are_refused() -> None:
+    with pytest.raises(InputError, match="preview style"):
+        PreviewDecoder("pencil")
+    with pytest.raises(InputError, match="preview colour"):
+        preview(LayerSet(header()), colour="nearest")
+
+
+def test_sketch_draws_lines_and_clean_does_not() -> None:
+    flat = Colormap(np.full((4, 6, 3), (60, 160, 200), np.uint8))  # one colour: any line would show
+    layers = LayerSet(header(), structure=edges(), texture=flat)
+    clean = PreviewDecoder().decode(layers)
+    sketch = PreviewDecoder("sketch").decode(layers)
+    base = render_colormap(flat, W, H, smooth=True)
+    assert np.abs(clean.astype(int) - base.astype(int)).max() <= 1  # no lines: the flat colour everywhere
+    on_lines = (luma(base) - luma(sketch)) > 20
+    assert on_lines[:, 46:50].any(axis=1).all() and on_lines[20:23, :].any(axis=0).all()  # both lines, whole
+    assert not on_lines[:16, :40].any()  # and nothing away from them
+
+
+def regions(size: int = 256) -> np.ndarray:
+    """Sharp colour regions whose boundaries cut through the colormap cells: a disc, a slanted band and a
+    background split off the cell grid."""
+    img = np.zeros((size, size, 3), np.uint8)
+    img[:] = (40, 90, 170)
+    img[:, int(size * 0.55) :] = (220, 200, 60)
+    band = np.array([[0, size * 0.7], [size, size * 0.45], [size, size * 0.6], [0, size * 0.85]], np.int32)
+    cv2.fillPoly(img, [band], (30, 140, 40))
+    cv2.circle(img, (int(size * 0.3), int(size * 0.3)), int(size * 0.17), (230, 60, 50), -1)
+    return img
+
+
+def test_edge_aware_colour_beats_bicubic_on_sharp_regions() -> None:
+    rgb = regions(256)
+    codec = ColormapCodec()
+    enc = codec.compress(colormap(rgb, 8))
+    cm = codec.decompress(enc.descriptor, enc.units)
+    small = cv2.resize(rgb, (128, 128), interpolation=cv2.INTER_AREA)
+    e = cv2.Canny(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), 30, 60) > 0  # the region boundaries, at 128 px
+    layers = LayerSet(header(256, 256), structure=EdgeMap(e), texture=cm)
+    bicubic = preview(layers, colour="bicubic")
+    aware = preview(layers)
+    assert psnr(aware, rgb) > psnr(bicubic, rgb) + 2.0, (psnr(aware, rgb), psnr(bicubic, rgb))
+    no_edges = preview(LayerSet(header(256, 256), texture=cm))  # without the structure: the bicubic field
+    assert np.array_equal(no_edges, bicubic)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_unknown_regions_are_masked_not_blank(style: str) -> None:
     full = edges()
     known = np.ones_like(full.edges)
     known[24:, :] = False  # bottom half of the stripes never arrived
     masked = EdgeMap(edges=full.edges, known=known)
-    tex = cmap()
-    out_full = PreviewDecoder().decode(LayerSet(header(), structure=full, texture=tex))
-    out_masked = PreviewDecoder().decode(LayerSet(header(), structure=masked, texture=tex))
     blank = EdgeMap(edges=np.zeros_like(full.edges))
-    no_edges = PreviewDecoder().decode(LayerSet(header(), structure=blank, texture=tex))
     blank_masked = EdgeMap(edges=blank.edges, known=known)
-    no_edges_masked = PreviewDecoder().decode(LayerSet(header(), structure=blank_masked, texture=tex))
+
+    def dec(structure: EdgeMap, colour: str = "bicubic") -> np.ndarray:
+        return preview(LayerSet(header(), structure=structure, texture=cmap()), style=style, colour=colour)
+
     top, bottom = slice(0, 28), slice(36, H)
-    assert np.array_equal(out_masked[top], out_full[top])
-    assert not np.array_equal(out_masked[bottom], out_full[bottom])
-    assert not np.array_equal(out_masked[bottom], no_edges[bottom])  # unknown != "no edges"
-    # No edge lines in the unknown part: with or without edges there, it renders the same.
-    assert np.array_equal(out_masked[bottom], no_edges_masked[bottom])
+    for colour in ("bicubic", "edge-aware"):
+        out_full, out_masked = dec(full, colour), dec(masked, colour)
+        no_edges, no_edges_masked = dec(blank, colour), dec(blank_masked, colour)
+        assert not np.array_equal(out_masked[bottom], no_edges[bottom])  # unknown != "no edges"
+        # No edge lines or boundaries in the unknown part: with or without edges there, it renders alike
+        # (exactly, with bicubic colour; edge-aware colour is still pulled by the known part's boundaries).
+        tolerance = 0 if colour == "bicubic" else 12
+        assert np.abs(out_masked[bottom].astype(int) - no_edges_masked[bottom].astype(int)).max() <= tolerance
+        if colour == "bicubic":
+            assert np.array_equal(out_masked[top], out_full[top])
+            assert not np.array_equal(out_masked[bottom], out_full[bottom])
 
 
 def test_render_structure() -> None:
