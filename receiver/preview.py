@@ -220,12 +220,18 @@ def preview(layers: LayerSet, *, style: str = "clean", colour: str = "edge-aware
 class PreviewDecoder:
     """The CPU preview decoder (no weights): colours from the colormap placed by the structure.
 
-    `style`: "clean" (default; edges are only the colour's boundaries) or "sketch" (edges drawn as lines)."""
+    `style`: "clean" (default; edges are only the colour's boundaries), "sketch" (edges drawn as lines) or
+    "fast" (the colormap upsampled bicubically, no lines: ~1 ms instead of ~13 ms per 512x512 decode, for
+    receivers that must keep up with many images per second)."""
 
     name = "preview"
 
     def __init__(self, style: str = "clean") -> None:
-        _check_style(style, COLOURS[0])
+        if style == "fast":
+            self._style, self._colour = "clean", "bicubic"
+        else:
+            _check_style(style, COLOURS[0])
+            self._style, self._colour = style, COLOURS[0]
         self.style = style
 
     def decode(
@@ -236,7 +242,7 @@ class PreviewDecoder:
         should_stop: Callable[[], bool] | None = None,
     ) -> np.ndarray:
         """Decode to uint8 RGB (layers.height, layers.width, 3); one step, reported to `on_step`."""
-        img = preview(layers, style=self.style)
+        img = preview(layers, style=self._style, colour=self._colour)
         if on_step is not None:
             on_step(1, 1, img)
         return img

@@ -93,3 +93,19 @@ def test_cli_target_and_preview_style(tmp_path: Path) -> None:
         out = tmp_path / f"{style}.png"
         assert main(["decode", str(lcs), "-o", str(out), "--preview-style", style]) == 0
         assert np.asarray(Image.open(out)).shape == (512, 512, 3)
+
+
+def test_fast_style_is_the_plain_bicubic_colour_without_lines() -> None:
+    from layercast.common.types import Colormap, EdgeMap, LayerSet
+    from layercast.proto import pb
+    from layercast.receiver.preview import PreviewDecoder, preview
+
+    rng = np.random.default_rng(3)
+    edges = np.zeros((48, 64), bool)
+    edges[20, :] = True
+    layers = LayerSet(
+        pb.ImageHeader(width=128, height=96), None, EdgeMap(edges), Colormap(rng.integers(0, 256, (6, 8, 3), np.uint8))
+    )
+    fast = PreviewDecoder(style="fast").decode(layers)
+    assert np.array_equal(fast, preview(layers, style="clean", colour="bicubic"))
+    assert not np.array_equal(fast, PreviewDecoder().decode(layers))
