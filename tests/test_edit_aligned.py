@@ -43,7 +43,9 @@ def _apply(rgb: np.ndarray, op: str, arg: Any, size: tuple[int, int]) -> np.ndar
 
 
 def _decode(img: EncodedImage) -> np.ndarray:
-    return PreviewDecoder().decode(layerset_from_image(img))
+    # the plain bicubic preview: the bounds below measure where the colours land, which the edge-aware
+    # default would blur with its own reaction to the (re-rasterised) edges
+    return PreviewDecoder(style="fast").decode(layerset_from_image(img))
 
 
 def _colours(img: EncodedImage) -> Colormap:
