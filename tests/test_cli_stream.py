@@ -36,7 +36,8 @@ def test_send_to_file_then_receive(tmp_path: Path, capsys: pytest.CaptureFixture
     args = build_parser().parse_args(["encode", "x", "-o", "x", *ENCODE_FLAGS])  # 32-row stripes, as encode
     for img, path in zip(sent["images"], sample_paths()[:2], strict=True):
         units = {x["family"]: x["units"] for x in img["layers"]}
-        assert units["structure"] == len(encoder_from_args(args).encode(path).image.layer("structure").units)  # type: ignore[union-attr]
+        coded = encoder_from_args(args).encode(path, stream_id=camera_id("cam3"), image_id=img["image_id"])
+        assert units["structure"] == len(coded.image.layer("structure").units)  # type: ignore[union-attr]
     assert sent["camera"] == "cam3" and sent["stream_id"] == camera_id("cam3")
     assert main(["receive", "--on", f"file:{lcs}", "--out", str(out), "--camera", "cam3", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)

@@ -1,13 +1,19 @@
-"""The prompt corpus (AGIQA-3K) and its fixed build / held-out split.
+"""The public prompt corpora the prompt coder's models are built from, and how they are split.
 
-The prompt coder's model is built from AGIQA-3K prompts and measured on prompts it was not built
-from. One rule, used by the model builder, the bench and the tests: a distinct full prompt is HELD OUT
-iff ``zlib.crc32(prompt.encode("utf-8")) % 5 == 0``.
+Prompt model 2 ("mix", prompt_mix) is built from every public corpus in a prompts folder
+(../shared/data/prompts: one prompt per line in each ``*.txt``, plus the AGIQA-3K CSV) and measured
+leave-one-corpus-out (LOCO): a figure on a corpus counts only when the model was built without it.
+`build_texts` gives the build set: every prompt of the folder, deduplicated case- and
+whitespace-insensitively across files (first occurrence in corpus-name order kept), minus, for a LOCO
+build, every prompt that also occurs (by the same key) in the left-out corpus.
 
-The full generation prompt of a row is the ``prompt`` column followed by the non-empty ``adj1``,
-``adj2`` and ``style`` columns, joined with ", ". AGIQA-3K's ``prompt`` column already ends with that
-tail (e.g. "a grand stag in a fantasy forest, realistic style" with style "realistic style"); then it
-is used as it is, so the tail is never doubled.
+Prompt model 1 ("ctx", prompt_ctx) was built from AGIQA-3K alone with a fixed split: a distinct full
+prompt is HELD OUT iff ``zlib.crc32(prompt.encode("utf-8")) % 5 == 0`` (`is_held_out`, `split`).
+
+The full generation prompt of an AGIQA-3K row is the ``prompt`` column followed by the non-empty
+``adj1``, ``adj2`` and ``style`` columns, joined with ", ". AGIQA-3K's ``prompt`` column already ends
+with that tail (e.g. "a grand stag in a fantasy forest, realistic style" with style "realistic style");
+then it is used as it is, so the tail is never doubled.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ HOLDOUT_MODULUS = 5
 TAIL_COLUMNS = ("adj1", "adj2", "style")
 """The AGIQA-3K columns appended to the prompt, in this order, when non-empty."""
 
+AGIQA_CSV = "agiqa3k.csv"
+"""The AGIQA-3K file of a prompts folder (corpus name "agiqa3k"); every other corpus is a ``*.txt``."""
+
 
 def full_prompt(row: Mapping[str, str]) -> str:
     """The full generation prompt of an AGIQA-3K row: prompt + non-empty adj1, adj2, style, ", "-joined."""
@@ -37,7 +46,7 @@ def full_prompt(row: Mapping[str, str]) -> str:
 
 
 def is_held_out(prompt: str) -> bool:
-    """True iff the prompt is in the held-out set (never used to build the model)."""
+    """True iff the prompt is in model 1's held-out set (never used to build model 1)."""
     return zlib.crc32(prompt.encode("utf-8", "surrogatepass")) % HOLDOUT_MODULUS == 0
 
 
@@ -56,9 +65,53 @@ def load_prompts(csv_path: Path) -> list[str]:
 
 
 def split(prompts: Iterable[str]) -> tuple[list[str], list[str]]:
-    """(build, held_out): the prompts the model may be built from and those it must never see."""
+    """(build, held_out) of model 1: the prompts it was built from and those it never saw."""
     build: list[str] = []
     held: list[str] = []
     for p in prompts:
         (held if is_held_out(p) else build).append(p)
     return build, held
+
+
+def load_text_corpus(path: Path) -> list[str]:
+    """The prompts of a one-prompt-per-line UTF-8 file, in file order (empty lines skipped)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read prompt corpus {path}: {exc}") from exc
+    return [line for line in text.split("\n") if line.strip()]
+
+
+def load_corpora(folder: Path) -> dict[str, list[str]]:
+    """Every public corpus of a prompts folder by name (file stem), in name order: each ``*.txt`` and
+    AGIQA-3K's distinct full prompts. InputError when the folder holds none."""
+    paths = sorted(folder.glob("*.txt"))
+    corpora = {p.stem: load_text_corpus(p) for p in paths}
+    if (folder / AGIQA_CSV).exists():
+        corpora[Path(AGIQA_CSV).stem] = load_prompts(folder / AGIQA_CSV)
+    if not corpora:
+        raise InputError(f"no prompt corpora (*.txt, {AGIQA_CSV}) in {folder}")
+    return dict(sorted(corpora.items()))
+
+
+def dedupe_key(prompt: str) -> str:
+    """Two prompts are the same prompt when their keys are equal: casefolded, whitespace collapsed."""
+    return " ".join(prompt.casefold().split())
+
+
+def build_texts(corpora: Mapping[str, list[str]], leave_out: str | None = None) -> list[str]:
+    """The prompts a model is built from: every corpus but `leave_out`, deduplicated by `dedupe_key`
+    (first occurrence in corpus-name order kept), without any prompt whose key is in `leave_out`."""
+    if leave_out is not None and leave_out not in corpora:
+        raise InputError(f"no corpus named {leave_out!r} (have: {', '.join(sorted(corpora))})")
+    seen = {dedupe_key(p) for p in corpora[leave_out]} if leave_out is not None else set()
+    out: list[str] = []
+    for name in sorted(corpora):
+        if name == leave_out:
+            continue
+        for p in corpora[name]:
+            k = dedupe_key(p)
+            if k not in seen:
+                seen.add(k)
+                out.append(p)
+    return out

@@ -1,4 +1,6 @@
-"""The static byte-level context model of the prompt coder and its (de)coding loops.
+"""Prompt model 1 ("ctx", PromptParams.model_version 1): a static byte-level context model and its
+(de)coding loops. Layercast now writes prompt model 2 (prompt_mix); this model stays so layers coded
+with it still decode (and can still be written on request), its file and bytes unchanged.
 
 Model: interpolated Kneser-Ney over byte contexts of order 0..K (K = 5), with Witten-Bell style
 escape weights beta = a * distinct_symbols, down to a uniform model over 257 symbols (256 bytes and
