@@ -38,7 +38,7 @@ import html
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from layercast.common.types import Prompt
@@ -269,18 +269,16 @@ def fit_prompt(
             return Fitted(reduced, tuple(cuts))
 
     # 2, 3. what the decoder never reads: the negative prompt's tokens after its window, then the text's
-    if count_tokens(negative) > window:
-        cut = token_prefix(negative, window)
-        cuts.append(PromptCut("truncate_negative", len(negative) - len(cut), tokens=count_tokens(cut)))
-        negative = cut
-        if fits(Prompt(text, negative)):
-            return Fitted(Prompt(text, negative), tuple(cuts))
-    if count_tokens(text) > window:
-        cut = token_prefix(text, window)
-        cuts.append(PromptCut("truncate", len(text) - len(cut), tokens=count_tokens(cut)))
-        text = cut
-        if fits(Prompt(text, negative)):
-            return Fitted(Prompt(text, negative), tuple(cuts))
+    current = Prompt(text, negative)
+    for step, field in (("truncate_negative", "negative"), ("truncate", "text")):
+        value: str = getattr(current, field)
+        if count_tokens(value) > window:
+            cut = token_prefix(value, window)
+            cuts.append(PromptCut(step, len(value) - len(cut), tokens=count_tokens(cut)))
+            current = replace(current, **{field: cut})
+            if fits(current):
+                return Fitted(current, tuple(cuts))
+    text, negative = current.text, current.negative
 
     # 4. the negative prompt
     if negative:
