@@ -56,7 +56,7 @@ def run_bench(args: argparse.Namespace) -> int:
         paths = paths[: args.limit]
     if not paths:
         raise InputError(f"no images in {folder}")
-    prompts_csv = Path(args.prompts) if args.prompts else folder.parent / "prompts" / "agiqa3k.csv"
+    prompts_dir = Path(args.prompts) if args.prompts else folder.parent / "prompts"
     results: dict[str, Any] = {"folder": str(folder), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tables: list[str] = []
     skip = set(args.skip)
@@ -93,14 +93,15 @@ def run_bench(args: argparse.Namespace) -> int:
         if images.plot(res, out / "rd.png"):
             results["plot"] = str(out / "rd.png")
     if "prompts" not in skip:
-        if prompts_csv.exists():
+        if prompts_dir.exists():
             from layercast.bench import prompts
 
-            res = prompts.run(prompts_csv, folder / "manifest.csv" if (folder / "manifest.csv").exists() else None)
+            manifest = folder / "manifest.csv" if (folder / "manifest.csv").exists() else None
+            res = prompts.run(prompts_dir, manifest, cache_dir=out / "prompt-loco")
             results["prompts"] = res
             tables.append("== prompts ==\n" + prompts.format_table(res))
         else:
-            tables.append(f"== prompts ==\nskipped: no prompt corpus at {prompts_csv}")
+            tables.append(f"== prompts ==\nskipped: no prompt corpus at {prompts_dir}")
     if "edges" not in skip:
         from layercast.bench import edges
 

@@ -203,7 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("dir", nargs="?", help="image folder (default ../shared/data/aigi when present)")
     b.add_argument("--out", default="bench-out", help="folder for results.json and rd.png (default bench-out)")
     b.add_argument("--limit", type=int, help="use at most N images")
-    b.add_argument("--prompts", help="prompt corpus CSV (default ../shared/data/prompts/agiqa3k.csv when present)")
+    b.add_argument(
+        "--prompts",
+        help="folder of prompt corpora (CSV/JSONL) for the prompts part: a model is built without each corpus "
+        "and measured on it (leave-one-corpus-out; models cached in OUT/prompt-loco); default "
+        "../shared/data/prompts when present",
+    )
     add_decoder_options(b)
     b.add_argument(
         "--random-weights",
