@@ -1,4 +1,5 @@
-"""Edge-coder bench: EDGES_CTX (the v3 mixing coder and the v2 counts-only coder it replaced) vs JBIG85
+"""Edge-coder bench: EDGES_CTX (v4: the mixing coder in context groups of stripes; v3: the same coder with
+independent stripes; v2: the counts-only coder before it) vs JBIG85
 (jbigkit `pbmtojbg85`) vs 1-bit PNG on the same held-out maps.
 
 Maps are thin Canny maps (sender.extract_edges) of the held-out AIGI images (edge_corpus.is_held_out,
@@ -27,8 +28,9 @@ LONG_SIDES = (128, 192, 256)
 DEFAULT_SIDE = 192
 """The working long side `canny_edges` uses unless rate control picks another (the bench's headline)."""
 
-CODERS = {"v3": 3, "v2": 2}
-"""Coders compared: name -> EdgeParams.model_version (v3: the mixing coder; v2: counts-only, as before)."""
+CODERS = {"v4": 4, "v3": 3, "v2": 2}
+"""Coders compared: name -> EdgeParams.model_version (v4: the mixing coder in context groups of
+DEFAULT_STRIPE_GROUP stripes, the default; v3: the mixing coder, independent stripes; v2: counts-only)."""
 
 
 def jbig85_bytes(bits: np.ndarray) -> int | None:
@@ -163,7 +165,8 @@ def format_table(result: dict[str, Any]) -> str:
         "= every byte the structure layer adds to a .lcs stream (packet framing, descriptor, stripe length",
         "prefixes, stripes) vs complete JBIG85 files (pbmtojbg85, 20-byte header included) and 1-bit PNGs;",
         "'bnd/JBIG' = the same with layers sharing one packet (MQTT/WebRTC links); 'payload' = the stripes' bytes",
-        "alone; ms = median per map (numba if installed). v3 = the mixing coder (default), v2 = the coder before.",
+        "alone; ms = median per map (numba if installed). v4 = the mixing coder in groups of 2 stripes (default),",
+        "v3 = the mixing coder with independent stripes, v2 = the counts-only coder before it.",
         f"{'side':>5} {'coder':>5} {'stream B':>8} {'JBIG85 B':>8} {'str/JBIG':>8} {'bnd/JBIG':>8} "
         f"{'payload':>8} {'pay/JBIG':>8} {'str/PNG':>7} {'bits/edge':>9} {'enc ms':>6} {'dec ms':>6}",
     ]

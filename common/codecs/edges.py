@@ -1,15 +1,21 @@
 """Edge-map codec EDGES_CTX (id 3): lossless context-modelled binary arithmetic coding in stripes.
 
-Unit i codes rows [i*S, (i+1)*S) of the map (S = `EdgeParams.stripe_rows`) and decodes without any
-other unit: every template reads rows above the stripe as 0, and all adaptive state restarts per stripe.
+Unit i codes rows [i*S, (i+1)*S) of the map (S = `EdgeParams.stripe_rows`). In model versions 0, 2 and 3
+it decodes without any other unit: every template reads rows above the stripe as 0, and all adaptive state
+restarts per stripe. In version 4 stripes come in context groups of G (`EdgeParams.stripe_group`, 0 = 2):
+a stripe i with i % G != 0 carries on from stripe i-1 (its last ABOVE rows are the context above, every
+adaptive state (counts, adaptive model, mixer weights) continues), so it decodes only after the earlier
+stripes of its group; a lost stripe costs its rows and the rest of its group.
 
 `EdgeParams.model_version` names the pixel model (and the prior file it reads):
-  3 (default, MIX_VERSION): the mixing coder, `_code_stripe_mix` with `models/edge_prior_mix.bin`;
+  4 (default, GROUP_VERSION): the mixing coder of version 3 in context groups of stripes;
+  3 (MIX_VERSION): the mixing coder, `_code_stripe_mix` with `models/edge_prior_mix.bin`;
   2 (LEGACY_VERSION): the counts-only coder of earlier builds, `_code_stripe` with `models/edge_prior.bin`
     (still decoded; `compress(..., model_version=2)` still writes it);
   0: the counts-only coder without a prior (A1/A = 1/2 everywhere; `compress(..., prior=False)`).
 Any other version is refused with a CodecError (v1 was the constriction coder, gone). Builds before v3
-refuse v3 layers the same way ("coded with edge prior v3").
+(v4) refuse v3 (v4) layers the same way ("coded with edge prior v4"): a build without groups must not
+decode a grouped layer as independent stripes.
 
 Symbols of a unit, each a binary decision of the range coder below:
   1. a "stripe has edges" flag, P(no edges) = P_EMPTY / 2**16 = 1/64; an empty stripe stops here and
@@ -28,7 +34,7 @@ A1 <= A are integer prior pseudo-counts from the prior file and n1 of n earlier 
 with context c were edges. Version 2 codes with P(no edge) as the integer
 p0 = clamp(((den - num) << 16) // den, 1, 2**16 - 1) of that fraction num/den.
 
-Mixing coder (version 3): three predictions of P(edge), each as a stretch s = ln(p / (1 - p)) in
+Mixing coder (versions 3 and 4): three predictions of P(edge), each as a stretch s = ln(p / (1 - p)) in
 1/256 (the STRETCH table), are mixed by a gated linear network, as in Mahoney's PAQ/lpaq context
 mixing (logistic mixing):
   s0: the counts model above, p = clamp((num << 16) // den, 1, 65535) / 2**16;
@@ -42,7 +48,9 @@ and the bias 256. A weight set (MIX_SETS = 16, chosen by row y x-1 and row y-1 x
 d = (w0 * s0 + w1 * s1 + w2 * s2 + w3 * 256) >> 16, P(edge) = squash(d) (integer interpolation between
 SQUASH_KNOTS, clamped to 1..65535 / 2**16) codes the pixel as P(no edge) = 1 - P(edge); then each
 weight moves by (input * ((bit << 16) - P(edge))) >> MIX_SHIFT (clamped to +-WEIGHT_MAX). Weights
-start each stripe from the prior file's initial weights. All integers: numba and plain Python agree.
+start each stripe (v4: each group) from the prior file's initial weights. Row classes count rows from the
+top of the stripe (v4: of the group, so a continued stripe's rows are all in the last class). All
+integers: numba and plain Python agree.
 
 Range coder (all integers): a 32-bit interval (low, range), range starting at 2**32; a decision with
 P(0) = p0 / 2**16 splits it at bound = (range * p0) >> 16, 0 taking [low, low + bound) and 1 the rest;
@@ -134,6 +142,15 @@ MIX_VERSION = 3
 
 LEGACY_VERSION = 2
 """Model version of the counts-only coder (`_code_stripe` with `edge_prior.bin`), still decoded."""
+
+GROUP_VERSION = 4
+"""Model version of the mixing coder in context groups of stripes (the default): the v3 pixel model and
+prior, but stripe i carries on from stripe i-1 (its last rows as context, every adaptive state) unless i is
+a multiple of the group size (EdgeParams.stripe_group; 0 = DEFAULT_STRIPE_GROUP)."""
+
+DEFAULT_STRIPE_GROUP = 2
+"""Stripes per context group of a v4 layer unless the caller picks another size: a lost stripe costs its
+rows and those of the rest of its group (at most one more stripe)."""
 
 MIX_TEMPLATE_ID = 4
 """Identifies the v3 layout (counts contexts + deep contexts + mixer weights) inside a prior file."""
@@ -329,9 +346,10 @@ def shipped_mix_prior() -> MixTables:
     return tables
 
 
-MODEL_VERSIONS = (0, LEGACY_VERSION, MIX_VERSION)
+MODEL_VERSIONS = (0, LEGACY_VERSION, MIX_VERSION, GROUP_VERSION)
 """Model versions this build codes: 0 (counts-only coder, no prior), 2 (counts-only coder with
-`edge_prior.bin`: layers from earlier builds) and 3 (the mixing coder with `edge_prior_mix.bin`, default)."""
+`edge_prior.bin`: layers from earlier builds), 3 (the mixing coder with `edge_prior_mix.bin`, independent
+stripes) and 4 (that coder in context groups of stripes, default)."""
 
 
 def tables_for(model_version: int) -> Tables:
@@ -340,11 +358,11 @@ def tables_for(model_version: int) -> Tables:
         return _flat()
     if model_version == LEGACY_VERSION:
         return shipped_prior()
-    if model_version == MIX_VERSION:
+    if model_version in (MIX_VERSION, GROUP_VERSION):
         return shipped_mix_prior()
     raise CodecError(
-        f"edge layer was coded with edge prior v{model_version}; this build reads v0, v{LEGACY_VERSION} and "
-        f"v{MIX_VERSION}: use a matching layercast version"
+        f"edge layer was coded with edge prior v{model_version}; this build reads v0, v{LEGACY_VERSION}, "
+        f"v{MIX_VERSION} and v{GROUP_VERSION}: use a matching layercast version"
     )
 
 
@@ -891,15 +909,23 @@ def _code_stripe_mix(
     rate: Any,
     rec: Any,
     record: Any,
+    y0: Any,
+    fresh: Any,
 ) -> Any:
-    """The v3 coder of one stripe: like `_code_stripe` (same range coder, same flag, same counts model),
+    """The v3/v4 coder of one stripe: like `_code_stripe` (same range coder, same flag, same counts model),
     but each pixel's P(edge) is the mix of three predictions (see the module docstring).
 
     img: as in `_code_stripe` but with ABOVE (4) zero rows above the stripe. deep: stretch per deep context.
     astate: 3 ints per adaptive context (stamp, P(edge) in 1/65536, count). w0: the initial mixer weights
     (MIX_SETS * MIX_INPUTS), copied into w at the start. record: 1 to write 7 ints per pixel to rec
     (counts context, deep context, weight set, the three stretched inputs, the mixed P(edge)).
+    y0: rows of the stripe's group above it in img (0..ABOVE; 0 = a stripe that starts a group, as every v3
+    stripe does): row y of the stripe is in row class min(y + y0, ...). fresh: 1 to restart every adaptive
+    state (a new `tag` and w = w0), 0 to carry on from the previous call (the group's previous stripe).
     """
+    if fresh:
+        for i in range(MIX_SETS * MIX_INPUTS):
+            w[i] = w0[i]
     top = 1 << 32
     low = 0
     rng = top
@@ -925,13 +951,11 @@ def _code_stripe_mix(
         bound = (rng * P_EMPTY) >> PROB_BITS
         low += bound
         rng -= bound
-    for i in range(MIX_SETS * MIX_INPUTS):
-        w[i] = w0[i]
     for y in range(rows):
-        cls = min(y, 3)
+        cls = min(y + y0, 3)
         zero = OFFSETS[cls]
-        dzero = DEEP_OFFSETS[min(y, 4)]
-        azero = min(y, 2) << ADAPT_BITS
+        dzero = DEEP_OFFSETS[min(y + y0, 4)]
+        azero = min(y + y0, 2) << ADAPT_BITS
         row = (y + ABOVE) * stride + PAD_LEFT
         r1 = row - stride
         r2 = r1 - stride
@@ -1140,9 +1164,14 @@ class _Kernel:
         self.rate: Any = np.asarray(RATE, np.int64) if c else RATE
         self.none: Any = np.zeros(1, np.int64) if c else [0]
 
-    def run(self, decode: int, img: Any, rows: int, width: int, data: Any, tables: Tables, rec: Any = None) -> int:
-        """One stripe-kernel call with a fresh context tag (the coder `tables` belong to)."""
-        self.tag += 1
+    def run(
+        self, decode: int, img: Any, rows: int, width: int, data: Any, tables: Tables, rec: Any = None,
+        y0: int = 0, fresh: bool = True,
+    ) -> int:  # fmt: skip
+        """One stripe-kernel call: `fresh` with a new context tag (every adaptive state restarts), else (the
+        mixing coder only) carrying on from the previous call with `y0` rows of context above the stripe."""
+        if fresh:
+            self.tag += 1
         ndata = len(data) if decode else 0
         out = self.none if rec is None else rec
         if isinstance(tables, MixTables):
@@ -1152,6 +1181,7 @@ class _Kernel:
                 self.fn_mix(
                     decode, img, width + PAD, rows, width, data, ndata, a1, a, self.state, deep, self.astate, w0,
                     self.w, self.tag, self.dist, self.stretch, self.knots, self.rate, out, int(rec is not None),
+                    y0, int(fresh),
                 )
             )  # fmt: skip
         a1, a = (tables.a1, tables.a) if self.compiled else tables.lists
@@ -1162,27 +1192,36 @@ class _Kernel:
             )
         )  # fmt: skip
 
-    def encode(self, stripe: np.ndarray, tables: Tables, rec: Any = None) -> bytes:
-        """Unit bytes of one stripe (uint8 rows x width)."""
+    def encode(self, stripe: np.ndarray, tables: Tables, rec: Any = None, above: np.ndarray | None = None) -> bytes:
+        """Unit bytes of one stripe (uint8 rows x width). `above` (mixing coder only): the rows of the stripe's
+        group above it (at most ABOVE are read); the coder then carries on from the previous call's state."""
         rows, width = stripe.shape
-        above = ABOVE if isinstance(tables, MixTables) else 3
-        buf = np.zeros((rows + above, width + PAD), np.uint8)
-        buf[above:, PAD_LEFT : PAD_LEFT + width] = stripe
+        mix = isinstance(tables, MixTables)
+        top = ABOVE if mix else 3
+        y0 = 0 if above is None else min(above.shape[0], ABOVE)
+        buf = np.zeros((rows + top, width + PAD), np.uint8)
+        buf[top:, PAD_LEFT : PAD_LEFT + width] = stripe
+        if y0:
+            buf[top - y0 : top, PAD_LEFT : PAD_LEFT + width] = np.asarray(above)[-y0:]
         size = 2 * rows * width + 16
         img: Any = buf.ravel() if self.compiled else bytearray(buf.tobytes())
         out: Any = np.zeros(size, np.uint8) if self.compiled else bytearray(size)
-        n = self.run(0, img, rows, width, out, tables, rec)
+        n = self.run(0, img, rows, width, out, tables, rec, y0, above is None)
         return bytes(out[:n])
 
-    def decode(self, unit: bytes, rows: int, width: int, tables: Tables) -> np.ndarray:
-        """The stripe (uint8 rows x width) a unit codes; any bytes give some stripe (garbage if corrupt)."""
+    def decode(self, unit: bytes, rows: int, width: int, tables: Tables, above: np.ndarray | None = None) -> np.ndarray:
+        """The stripe (uint8 rows x width) a unit codes; any bytes give some stripe (garbage if corrupt).
+        `above`: as in `encode` (the decoded rows of the group above; the previous call decoded its last stripe)."""
         data: Any = np.frombuffer(unit, np.uint8).copy() if self.compiled else unit
-        above = ABOVE if isinstance(tables, MixTables) else 3
-        size = (rows + above) * (width + PAD)
-        img: Any = np.zeros(size, np.uint8) if self.compiled else bytearray(size)
-        self.run(1, img, rows, width, data, tables)
-        full = np.frombuffer(img, np.uint8).reshape(rows + above, width + PAD)
-        return full[above:, PAD_LEFT : PAD_LEFT + width]
+        top = ABOVE if isinstance(tables, MixTables) else 3
+        y0 = 0 if above is None else min(above.shape[0], ABOVE)
+        buf = np.zeros((rows + top, width + PAD), np.uint8)
+        if y0:
+            buf[top - y0 : top, PAD_LEFT : PAD_LEFT + width] = np.asarray(above)[-y0:]
+        img: Any = buf.ravel() if self.compiled else bytearray(buf.tobytes())
+        self.run(1, img, rows, width, data, tables, None, y0, above is None)
+        full = np.frombuffer(img, np.uint8).reshape(rows + top, width + PAD)
+        return full[top:, PAD_LEFT : PAD_LEFT + width]
 
 
 def _kernel(compiled: bool = True) -> _Kernel:
@@ -1232,18 +1271,55 @@ def mix_record(edges: np.ndarray, stripe_rows: int, tables: MixTables, compiled:
     return out
 
 
-def encode_units(edges: np.ndarray, stripe_rows: int, tables: Tables, compiled: bool = True) -> list[bytes]:
-    """Unit bytes of every stripe of a 0/1 map (compiled: numba if installed, else plain Python)."""
+def encode_units(
+    edges: np.ndarray, stripe_rows: int, tables: Tables, compiled: bool = True, group: int = 1
+) -> list[bytes]:
+    """Unit bytes of every stripe of a 0/1 map (compiled: numba if installed, else plain Python). `group`
+    (mixing coder only): stripes per context group; stripe i carries on from stripe i-1 unless i % group == 0."""
     e = _check_map(edges)
     k = _kernel(compiled)
-    return [k.encode(e[i : i + stripe_rows], tables) for i in range(0, e.shape[0], stripe_rows)]
+    units = []
+    for n, i in enumerate(range(0, e.shape[0], stripe_rows)):
+        above = None if n % group == 0 else e[max(i - ABOVE, (n - n % group) * stripe_rows) : i]
+        units.append(k.encode(e[i : i + stripe_rows], tables, None, above))
+    return units
+
+
+def _check_unit(unit: bytes, rows: int, width: int) -> None:
+    if len(unit) > 3 * rows * width + 16:
+        raise CodecError(f"edge stripe of {len(unit)} bytes is longer than any {width}x{rows} stripe can code to")
 
 
 def decode_unit(unit: bytes, rows: int, width: int, tables: Tables, compiled: bool = True) -> np.ndarray:
     """Decode one stripe's unit to a bool array rows x width; CodecError if it is longer than any stripe codes to."""
-    if len(unit) > 3 * rows * width + 16:
-        raise CodecError(f"edge stripe of {len(unit)} bytes is longer than any {width}x{rows} stripe can code to")
+    _check_unit(unit, rows, width)
     return _kernel(compiled).decode(unit, rows, width, tables).astype(bool)
+
+
+def decode_units(
+    units: Sequence[bytes | None], height: int, width: int, stripe_rows: int, tables: Tables, group: int = 1,
+    compiled: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(edges, known) bool height x width from the units that arrived (None = lost). A stripe of a context
+    group (`group` > 1, see `encode_units`) decodes only if every earlier stripe of its group did: after a
+    lost stripe the rest of its group is unknown (False, `known` False) too."""
+    k = _kernel(compiled)
+    edges = np.zeros((height, width), bool)
+    known = np.ones((height, width), bool)
+    chain_ok = False
+    for n, unit in enumerate(units):
+        y = n * stripe_rows
+        rows = min(stripe_rows, height - y)
+        first = n % group == 0
+        if unit is None or not (first or chain_ok):
+            known[y : y + rows] = False
+            chain_ok = False
+            continue
+        _check_unit(unit, rows, width)
+        above = None if first else edges[max(y - ABOVE, (n - n % group) * stripe_rows) : y].astype(np.uint8)
+        edges[y : y + rows] = k.decode(bytes(unit), rows, width, tables, above)
+        chain_ok = True
+    return edges, known
 
 
 @register
@@ -1257,13 +1333,16 @@ class EdgesCtxCodec(LayerCodec):
     def compress(self, value: EdgeMap, **options: Any) -> EncodedLayer:
         """Options: stripe_rows (default 16), source (pb.EDGE_SOURCE_*; default value.source), prior (bool,
         default True; False = model version 0, no prior), model_version (one of MODEL_VERSIONS; default
-        MIX_VERSION, the mixing coder; LEGACY_VERSION codes as earlier builds did)."""
-        unknown = set(options) - {"stripe_rows", "source", "prior", "model_version"}
+        GROUP_VERSION, the mixing coder in context groups; MIX_VERSION with independent stripes;
+        LEGACY_VERSION codes as earlier builds did), stripe_group (version 4 only: stripes per context
+        group, default DEFAULT_STRIPE_GROUP; 1 = independent stripes)."""
+        unknown = set(options) - {"stripe_rows", "source", "prior", "model_version", "stripe_group"}
         if unknown:
             raise InputError(
-                f"unknown edge codec option(s) {sorted(unknown)}; known: model_version, prior, source, stripe_rows"
+                f"unknown edge codec option(s) {sorted(unknown)}; known: model_version, prior, source, stripe_group, "
+                "stripe_rows"
             )
-        version = int(options.get("model_version", MIX_VERSION if options.get("prior", True) else 0))
+        version = int(options.get("model_version", GROUP_VERSION if options.get("prior", True) else 0))
         if version not in MODEL_VERSIONS or (version and not options.get("prior", True)):
             raise InputError(f"edge model_version must be one of {MODEL_VERSIONS} (0 without a prior), got {version}")
         stripe_rows = int(options.get("stripe_rows", DEFAULT_STRIPE_ROWS))
@@ -1277,8 +1356,13 @@ class EdgesCtxCodec(LayerCodec):
         count = -(-h // stripe_rows)
         if count > limits.MAX_UNITS:
             raise InputError(f"{count} stripes exceed {limits.MAX_UNITS}; use a larger stripe_rows")
+        group = int(options.get("stripe_group", DEFAULT_STRIPE_GROUP if version == GROUP_VERSION else 1))
+        if version != GROUP_VERSION and group != 1:
+            raise InputError(f"stripe_group needs model_version {GROUP_VERSION}; v{version} stripes are independent")
+        if not 1 <= group <= limits.MAX_UNITS:
+            raise InputError(f"stripe_group must be 1..{limits.MAX_UNITS}, got {group}")
         tables = tables_for(version)
-        units = encode_units(e, stripe_rows, tables)
+        units = encode_units(e, stripe_rows, tables, group=group)
         desc = pb.LayerDescriptor(
             codec=self.codec_id,
             unit_count=count,
@@ -1287,7 +1371,8 @@ class EdgesCtxCodec(LayerCodec):
                 height=h,
                 stripe_rows=stripe_rows,
                 source=cast(pb.EdgeSource, source),
-                model_version=tables.version,
+                model_version=version,
+                stripe_group=0 if version != GROUP_VERSION or group == DEFAULT_STRIPE_GROUP else group,
             ),
         )
         return EncodedLayer(LayerKind.STRUCTURE_EDGES, desc, units)
@@ -1310,24 +1395,26 @@ class EdgesCtxCodec(LayerCodec):
             )
         if int(p.source) not in pb.EdgeSource.values():
             raise CodecError(f"edge source {p.source} is not known to this build")
-        tables = tables_for(int(p.model_version))
-        edges = np.zeros((h, w), bool)
-        known = np.ones((h, w), bool)
-        for i, unit in enumerate(units):
-            rows = min(s, h - i * s)
-            if unit is None:
-                known[i * s : i * s + rows] = False
-                continue
-            edges[i * s : i * s + rows] = decode_unit(bytes(unit), rows, w, tables)
+        version = int(p.model_version)
+        tables = tables_for(version)
+        group = int(p.stripe_group)
+        if version == GROUP_VERSION:
+            group = group or DEFAULT_STRIPE_GROUP
+        elif group > 1:
+            raise CodecError(f"edge stripe_group {group} needs model_version {GROUP_VERSION}, got v{version}")
+        else:
+            group = 1
+        edges, known = decode_units(units, h, w, s, tables, group)
         return EdgeMap(edges=edges, known=None if known.all() else known, source=int(p.source))
 
 
 def warm_up() -> None:
-    """Load the prior and compile the default (v3) coder now (about 0.8 s with a numba cache, 3 s without),
-    so the first real image does not stall an event loop; a no-op after the first call. The v2 coder (old
-    layers) loads and compiles on first use."""
+    """Load the prior and compile the default coder (v4, the v3 kernel) now (about 0.8 s with a numba cache,
+    3 s without), so the first real image does not stall an event loop; a no-op after the first call. The v2
+    coder (old layers) loads and compiles on first use."""
     codec = EdgesCtxCodec()
     bits = np.zeros((8, 8), bool)
     bits[2, 1:6] = True
-    layer = codec.compress(EdgeMap(bits), stripe_rows=8)
+    bits[5, 2:7] = True
+    layer = codec.compress(EdgeMap(bits), stripe_rows=4)
     codec.decompress(layer.descriptor, layer.units)
