@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0flayercast.proto\x12\x0clayercast.v1\"i\n\x0c\x44\x65\x63oderHints\x12\r\n\x05steps\x18\x01 \x01(\r\x12\x11\n\tcfg_scale\x18\x02 \x01(\x02\x12\x0f\n\x07sampler\x18\x03 \x01(\t\x12\x12\n\nmodel_hash\x18\x04 \x01(\t\x12\x12\n\nmodel_name\x18\x05 \x01(\t\"\x88\x01\n\x0bImageHeader\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12)\n\x05hints\x18\x04 \x01(\x0b\x32\x1a.layercast.v1.DecoderHints\x12\x13\n\x0blayer_count\x18\x05 \x01(\rB\x07\n\x05_seed\";\n\x0cPromptParams\x12\x15\n\rmodel_version\x18\x01 \x01(\r\x12\x14\n\x0chas_negative\x18\x02 \x01(\x08\"\x81\x01\n\nEdgeParams\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x13\n\x0bstripe_rows\x18\x03 \x01(\r\x12(\n\x06source\x18\x04 \x01(\x0e\x32\x18.layercast.v1.EdgeSource\x12\x15\n\rmodel_version\x18\x05 \x01(\r\"J\n\x0e\x43olormapParams\x12\x12\n\ngrid_width\x18\x01 \x01(\r\x12\x13\n\x0bgrid_height\x18\x02 \x01(\r\x12\x0f\n\x07quality\x18\x03 \x01(\r\"C\n\nPoseParams\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x16\n\x0ekeypoint_count\x18\x03 \x01(\r\"\xc0\x02\n\x0fLayerDescriptor\x12$\n\x05\x63odec\x18\x01 \x01(\x0e\x32\x15.layercast.v1.CodecId\x12\x12\n\nunit_count\x18\x02 \x01(\r\x12,\n\x06prompt\x18\n \x01(\x0b\x32\x1a.layercast.v1.PromptParamsH\x00\x12)\n\x05\x65\x64ges\x18\x0b \x01(\x0b\x32\x18.layercast.v1.EdgeParamsH\x00\x12\x30\n\x08\x63olormap\x18\x0c \x01(\x0b\x32\x1c.layercast.v1.ColormapParamsH\x00\x12(\n\x04pose\x18\r \x01(\x0b\x32\x18.layercast.v1.PoseParamsH\x00\x12\r\n\x05units\x18\x03 \x01(\x0c\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.layercast.v1.LayerKindB\x08\n\x06params\"\xda\x03\n\x06Packet\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\tstream_id\x18\x02 \x01(\r\x12\x10\n\x08image_id\x18\x03 \x01(\r\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.layercast.v1.LayerKind\x12\x10\n\x08priority\x18\x05 \x01(\r\x12\x16\n\x0e\x66ragment_index\x18\x06 \x01(\r\x12\x16\n\x0e\x66ragment_count\x18\x07 \x01(\r\x12\x12\n\nunit_first\x18\x08 \x01(\r\x12\x12\n\npart_index\x18\t \x01(\r\x12\x12\n\npart_count\x18\n \x01(\r\x12\x0f\n\x07payload\x18\x0b \x01(\x0c\x12)\n\x06header\x18\x0c \x01(\x0b\x32\x19.layercast.v1.ImageHeader\x12,\n\x05layer\x18\r \x01(\x0b\x32\x1d.layercast.v1.LayerDescriptor\x12\x14\n\x0crepair_count\x18\x0e \x01(\r\x12\x12\n\nfec_scheme\x18\x0f \x01(\r\x12\x10\n\x08sequence\x18\x10 \x01(\x04\x12\x10\n\x08\x61uth_tag\x18\x11 \x01(\x0c\x12\x0e\n\x06\x63rc32c\x18\x12 \x01(\x07\x12-\n\x06\x62undle\x18\x13 \x03(\x0b\x32\x1d.layercast.v1.LayerDescriptor*\x97\x01\n\tLayerKind\x12\x1a\n\x16LAYER_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13LAYER_KIND_SEMANTIC\x10\x01\x12\x1e\n\x1aLAYER_KIND_STRUCTURE_EDGES\x10\x02\x12\x1d\n\x19LAYER_KIND_STRUCTURE_POSE\x10\x03\x12\x16\n\x12LAYER_KIND_TEXTURE\x10\x04*\xa7\x01\n\x07\x43odecId\x12\x18\n\x14\x43ODEC_ID_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ODEC_ID_PROMPT_UTF8\x10\x01\x12\x17\n\x13\x43ODEC_ID_PROMPT_CTX\x10\x02\x12\x16\n\x12\x43ODEC_ID_EDGES_CTX\x10\x03\x12\x1a\n\x16\x43ODEC_ID_COLORMAP_PRED\x10\x04\x12\x1b\n\x17\x43ODEC_ID_POSE_KEYPOINTS\x10\x05*Q\n\nEdgeSource\x12\x15\n\x11\x45\x44GE_SOURCE_CANNY\x10\x00\x12\x13\n\x0f\x45\x44GE_SOURCE_HED\x10\x01\x12\x17\n\x13\x45\x44GE_SOURCE_PIDINET\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0flayercast.proto\x12\x0clayercast.v1\"i\n\x0c\x44\x65\x63oderHints\x12\r\n\x05steps\x18\x01 \x01(\r\x12\x11\n\tcfg_scale\x18\x02 \x01(\x02\x12\x0f\n\x07sampler\x18\x03 \x01(\t\x12\x12\n\nmodel_hash\x18\x04 \x01(\t\x12\x12\n\nmodel_name\x18\x05 \x01(\t\"\x88\x01\n\x0bImageHeader\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12)\n\x05hints\x18\x04 \x01(\x0b\x32\x1a.layercast.v1.DecoderHints\x12\x13\n\x0blayer_count\x18\x05 \x01(\rB\x07\n\x05_seed\";\n\x0cPromptParams\x12\x15\n\rmodel_version\x18\x01 \x01(\r\x12\x14\n\x0chas_negative\x18\x02 \x01(\x08\"\x97\x01\n\nEdgeParams\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x13\n\x0bstripe_rows\x18\x03 \x01(\r\x12(\n\x06source\x18\x04 \x01(\x0e\x32\x18.layercast.v1.EdgeSource\x12\x15\n\rmodel_version\x18\x05 \x01(\r\x12\x14\n\x0cstripe_group\x18\x06 \x01(\r\"J\n\x0e\x43olormapParams\x12\x12\n\ngrid_width\x18\x01 \x01(\r\x12\x13\n\x0bgrid_height\x18\x02 \x01(\r\x12\x0f\n\x07quality\x18\x03 \x01(\r\"C\n\nPoseParams\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x16\n\x0ekeypoint_count\x18\x03 \x01(\r\"\xc0\x02\n\x0fLayerDescriptor\x12$\n\x05\x63odec\x18\x01 \x01(\x0e\x32\x15.layercast.v1.CodecId\x12\x12\n\nunit_count\x18\x02 \x01(\r\x12,\n\x06prompt\x18\n \x01(\x0b\x32\x1a.layercast.v1.PromptParamsH\x00\x12)\n\x05\x65\x64ges\x18\x0b \x01(\x0b\x32\x18.layercast.v1.EdgeParamsH\x00\x12\x30\n\x08\x63olormap\x18\x0c \x01(\x0b\x32\x1c.layercast.v1.ColormapParamsH\x00\x12(\n\x04pose\x18\r \x01(\x0b\x32\x18.layercast.v1.PoseParamsH\x00\x12\r\n\x05units\x18\x03 \x01(\x0c\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.layercast.v1.LayerKindB\x08\n\x06params\"\xda\x03\n\x06Packet\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\tstream_id\x18\x02 \x01(\r\x12\x10\n\x08image_id\x18\x03 \x01(\r\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.layercast.v1.LayerKind\x12\x10\n\x08priority\x18\x05 \x01(\r\x12\x16\n\x0e\x66ragment_index\x18\x06 \x01(\r\x12\x16\n\x0e\x66ragment_count\x18\x07 \x01(\r\x12\x12\n\nunit_first\x18\x08 \x01(\r\x12\x12\n\npart_index\x18\t \x01(\r\x12\x12\n\npart_count\x18\n \x01(\r\x12\x0f\n\x07payload\x18\x0b \x01(\x0c\x12)\n\x06header\x18\x0c \x01(\x0b\x32\x19.layercast.v1.ImageHeader\x12,\n\x05layer\x18\r \x01(\x0b\x32\x1d.layercast.v1.LayerDescriptor\x12\x14\n\x0crepair_count\x18\x0e \x01(\r\x12\x12\n\nfec_scheme\x18\x0f \x01(\r\x12\x10\n\x08sequence\x18\x10 \x01(\x04\x12\x10\n\x08\x61uth_tag\x18\x11 \x01(\x0c\x12\x0e\n\x06\x63rc32c\x18\x12 \x01(\x07\x12-\n\x06\x62undle\x18\x13 \x03(\x0b\x32\x1d.layercast.v1.LayerDescriptor*\x97\x01\n\tLayerKind\x12\x1a\n\x16LAYER_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13LAYER_KIND_SEMANTIC\x10\x01\x12\x1e\n\x1aLAYER_KIND_STRUCTURE_EDGES\x10\x02\x12\x1d\n\x19LAYER_KIND_STRUCTURE_POSE\x10\x03\x12\x16\n\x12LAYER_KIND_TEXTURE\x10\x04*\xa7\x01\n\x07\x43odecId\x12\x18\n\x14\x43ODEC_ID_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ODEC_ID_PROMPT_UTF8\x10\x01\x12\x17\n\x13\x43ODEC_ID_PROMPT_CTX\x10\x02\x12\x16\n\x12\x43ODEC_ID_EDGES_CTX\x10\x03\x12\x1a\n\x16\x43ODEC_ID_COLORMAP_PRED\x10\x04\x12\x1b\n\x17\x43ODEC_ID_POSE_KEYPOINTS\x10\x05*Q\n\nEdgeSource\x12\x15\n\x11\x45\x44GE_SOURCE_CANNY\x10\x00\x12\x13\n\x0f\x45\x44GE_SOURCE_HED\x10\x01\x12\x17\n\x13\x45\x44GE_SOURCE_PIDINET\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'layercast_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LAYERKIND']._serialized_start=1418
-  _globals['_LAYERKIND']._serialized_end=1569
-  _globals['_CODECID']._serialized_start=1572
-  _globals['_CODECID']._serialized_end=1739
-  _globals['_EDGESOURCE']._serialized_start=1741
-  _globals['_EDGESOURCE']._serialized_end=1822
+  _globals['_LAYERKIND']._serialized_start=1440
+  _globals['_LAYERKIND']._serialized_end=1591
+  _globals['_CODECID']._serialized_start=1594
+  _globals['_CODECID']._serialized_end=1761
+  _globals['_EDGESOURCE']._serialized_start=1763
+  _globals['_EDGESOURCE']._serialized_end=1844
   _globals['_DECODERHINTS']._serialized_start=33
   _globals['_DECODERHINTS']._serialized_end=138
   _globals['_IMAGEHEADER']._serialized_start=141
@@ -44,13 +44,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROMPTPARAMS']._serialized_start=279
   _globals['_PROMPTPARAMS']._serialized_end=338
   _globals['_EDGEPARAMS']._serialized_start=341
-  _globals['_EDGEPARAMS']._serialized_end=470
-  _globals['_COLORMAPPARAMS']._serialized_start=472
-  _globals['_COLORMAPPARAMS']._serialized_end=546
-  _globals['_POSEPARAMS']._serialized_start=548
-  _globals['_POSEPARAMS']._serialized_end=615
-  _globals['_LAYERDESCRIPTOR']._serialized_start=618
-  _globals['_LAYERDESCRIPTOR']._serialized_end=938
-  _globals['_PACKET']._serialized_start=941
-  _globals['_PACKET']._serialized_end=1415
+  _globals['_EDGEPARAMS']._serialized_end=492
+  _globals['_COLORMAPPARAMS']._serialized_start=494
+  _globals['_COLORMAPPARAMS']._serialized_end=568
+  _globals['_POSEPARAMS']._serialized_start=570
+  _globals['_POSEPARAMS']._serialized_end=637
+  _globals['_LAYERDESCRIPTOR']._serialized_start=640
+  _globals['_LAYERDESCRIPTOR']._serialized_end=960
+  _globals['_PACKET']._serialized_start=963
+  _globals['_PACKET']._serialized_end=1437
 # @@protoc_insertion_point(module_scope)

@@ -81,18 +81,20 @@ class PromptParams(_message.Message):
     def __init__(self, model_version: _Optional[int] = ..., has_negative: _Optional[bool] = ...) -> None: ...
 
 class EdgeParams(_message.Message):
-    __slots__ = ("width", "height", "stripe_rows", "source", "model_version")
+    __slots__ = ("width", "height", "stripe_rows", "source", "model_version", "stripe_group")
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     STRIPE_ROWS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_GROUP_FIELD_NUMBER: _ClassVar[int]
     width: int
     height: int
     stripe_rows: int
     source: EdgeSource
     model_version: int
-    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., stripe_rows: _Optional[int] = ..., source: _Optional[_Union[EdgeSource, str]] = ..., model_version: _Optional[int] = ...) -> None: ...
+    stripe_group: int
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., stripe_rows: _Optional[int] = ..., source: _Optional[_Union[EdgeSource, str]] = ..., model_version: _Optional[int] = ..., stripe_group: _Optional[int] = ...) -> None: ...
 
 class ColormapParams(_message.Message):
     __slots__ = ("grid_width", "grid_height", "quality")
