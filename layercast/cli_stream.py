@@ -602,7 +602,7 @@ async def _send_spooled(args: argparse.Namespace, paths: list[Path], camera: str
             service = SpoolService(
                 session,
                 spool,
-                encode=lambda p: session.encode_file(p, encoder),
+                encode=lambda p: session.encode_file(p, encoder, image_id=spool.next_image_id()),
                 watch=Path(args.watch) if args.watch else None,
                 poll_s=args.poll,
                 settle_s=args.settle,

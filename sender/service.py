@@ -1,8 +1,9 @@
 """Store and forward: image files -> durable spool -> link, surviving link outages and restarts.
 
-    spool = Spool(spool_dir, camera="cam1")
+    spool, enc = Spool(spool_dir, camera="cam1"), Encoder()
     async with SendSession(mqtt_transport, profile="mqtt", camera="cam1") as tx:
-        service = SpoolService(tx, spool, encode=lambda p: tx.encode_file(p, Encoder()), watch=Path("incoming"))
+        encode = lambda p: tx.encode_file(p, enc, image_id=spool.next_image_id())  # budget with its own id
+        service = SpoolService(tx, spool, encode=encode, watch=Path("incoming"))
         await service.run(stop)          # until `stop` is set; or run_once() for a one-shot send
 
 Two tasks share the spool. The *scanner* polls the watched folder every `poll_s` seconds, encodes each

@@ -342,21 +342,25 @@ class SendSession:
         self.reports.append(report)
         return report
 
-    def encode_file(self, path: Path, encoder: Encoder) -> EncodeResult:
+    def encode_file(self, path: Path, encoder: Encoder, *, image_id: int | None = None) -> EncodeResult:
         """Encode one image file with `encoder` as this camera (blocking: call it in a worker thread).
+
+        The byte budget counts every byte the packets carry, the image id's varint included: `image_id` is
+        the id the image will be sent with (None: the session's next id; a spool passes the id it gives).
 
         With `encoder.auto_stripes` (no explicit stripe count), an image that travels as one bundled packet
         is coded with one edge stripe: stripes exist so a lost packet costs one stripe; where the image
         travels whole they only cost bytes (~5% of the structure). Encoder warnings (an empty prompt) are
         logged.
         """
+        iid = self.next_image_id if image_id is None else image_id
         result = None
         if encoder.auto_stripes and self.bundle:
-            whole = encoder.with_options(stripe_rows=0).encode(path, stream_id=self.stream_id)
+            whole = encoder.with_options(stripe_rows=0).encode(path, stream_id=self.stream_id, image_id=iid)
             if self.travels_whole(whole.image):
                 result = whole
         if result is None:
-            result = encoder.encode(path, stream_id=self.stream_id)
+            result = encoder.encode(path, stream_id=self.stream_id, image_id=iid)
         for warning in result.warnings:
             log.warning("%s: %s", path.name, warning)
         return result
@@ -379,10 +383,10 @@ class SendSession:
         bar = Progress(len(paths), "send", enabled=progress)
         reports: list[SendReport] = []
 
-        def encode(path: Path) -> EncodeResult:
-            return self.encode_file(path, encoder)
+        def encode(path: Path, ahead: int) -> EncodeResult:  # `ahead`: images sent before this one
+            return self.encode_file(path, encoder, image_id=(self.next_image_id + ahead) % 2**32)
 
-        pending = asyncio.ensure_future(asyncio.to_thread(encode, paths[0])) if paths else None
+        pending = asyncio.ensure_future(asyncio.to_thread(encode, paths[0], 0)) if paths else None
         for i, path in enumerate(paths):
             assert pending is not None
             try:
@@ -392,7 +396,10 @@ class SendSession:
                 if on_error is None:
                     raise
                 on_error(path, exc)
-            pending = asyncio.ensure_future(asyncio.to_thread(encode, paths[i + 1])) if i + 1 < len(paths) else None
+            ahead = 0 if result is None else 1  # encoded while this one is sent
+            pending = (
+                asyncio.ensure_future(asyncio.to_thread(encode, paths[i + 1], ahead)) if i + 1 < len(paths) else None
+            )
             if result is None:
                 bar.update(note=f"{path.name}: failed")
                 continue

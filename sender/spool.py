@@ -199,10 +199,15 @@ class Spool:
 
     # --- journal ----------------------------------------------------------------------------------------
 
-    def _allocate(self) -> int:
+    def next_image_id(self) -> int:
+        """The image id the next `add` gives (encoders size their byte budget with it: every packet carries
+        the id)."""
         if self._next is None:
             self._next = self._first_image_id() % 2**32
-        iid = self._next
+        return self._next
+
+    def _allocate(self) -> int:
+        iid = self.next_image_id()
         self._next = (iid + 1) % 2**32
         return iid
 

@@ -24,14 +24,14 @@ def sample_paths() -> list[Path]:
 def encoded_samples(stream_id: int = 0) -> tuple[Any, ...]:
     """EncodeResults of every sample image (cached for the test session).
 
-    The stream id is part of every packet, so it counts against the byte budget: encode with the id the
-    stream will carry to compare with what a receiver rebuilds.
+    The stream and image ids are part of every packet, so they count against the byte budget: encode with
+    the ids the stream will carry (images 0, 1, ... of `stream_id`) to compare with what a receiver rebuilds.
     """
     from layercast.cli import build_parser
     from layercast.cli_options import encoder_from_args
 
     encoder = encoder_from_args(build_parser().parse_args(["encode", "x", "-o", "x", *ENCODE_FLAGS]))
-    return tuple(encoder.encode(p, stream_id=stream_id) for p in sample_paths())
+    return tuple(encoder.encode(p, stream_id=stream_id, image_id=i) for i, p in enumerate(sample_paths()))
 
 
 def file_decodes(results: Any) -> list[np.ndarray]:

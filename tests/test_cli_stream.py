@@ -79,7 +79,10 @@ async def test_send_over_mqtt_bundles_whole_images_coded_in_one_stripe(
     assert [i["packets"] for i in sent["images"]] == [1, 1] and rx.summary.packets == 2
     assert [{x["family"]: x["units"] for x in i["layers"]}["structure"] for i in sent["images"]] == [1, 1]
     args = build_parser().parse_args(["encode", "x", "-o", "x", *ENCODE_FLAGS, "--stripe-rows", "0"])
-    results = [encoder_from_args(args).encode(p, stream_id=camera_id("cam9")) for p in sample_paths()[:2]]
+    results = [
+        encoder_from_args(args).encode(p, stream_id=camera_id("cam9"), image_id=i)
+        for i, p in enumerate(sample_paths()[:2])
+    ]
     assert [len(r.image.layer("structure").units) for r in results] == [1, 1]  # type: ignore[union-attr]
     for iid, ref in enumerate(file_decodes(results)):
         assert np.array_equal(read_png(out / "cam9" / str(iid) / "final.png"), ref)

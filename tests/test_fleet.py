@@ -30,11 +30,12 @@ PER_PHASE = 4
 ACL = "user worker\ntopic read layercast/#\n\npattern write layercast/%u/#\n"
 
 
-def _reference(camera: str, source: Path) -> np.ndarray:
-    """What the receiver must write for `source` sent by `camera`: the sender's own encode, file-decoded."""
+def _reference(camera: str, source: Path, image_id: int) -> np.ndarray:
+    """What the receiver must write for `source` sent by `camera` as `image_id`: the sender's own encode
+    (its byte budget counts the ids every packet carries), file-decoded."""
     args = build_parser().parse_args(["send", "--to", "mqtt://x/layercast/c", "--link", "mqtt", "--max-bytes", "400"])
     session = SendSession(memory_pair()[0], profile="mqtt", camera=camera)
-    (ref,) = file_decodes([session.encode_file(source, encoder_from_args(args))])
+    (ref,) = file_decodes([session.encode_file(source, encoder_from_args(args), image_id=image_id)])
     return ref
 
 
@@ -128,6 +129,6 @@ def test_fleet_survives_broker_restart_and_worker_sigkill(tmp_path: Path) -> Non
         assert len(queued) == 3 * PER_PHASE and set(sent) == set(queued) == got[c], (c, sorted(queued), got[c])
         assert set(sent.values()) == {1}, f"{c}: an acknowledged image was sent again: {sent}"
         for iid, source in queued.items():
-            assert np.array_equal(read_png(out / c / str(iid) / "final.png"), _reference(c, source)), (c, iid)
+            assert np.array_equal(read_png(out / c / str(iid) / "final.png"), _reference(c, source, iid)), (c, iid)
     ids = {c: sorted(v) for c, v in got.items()}
     print(json.dumps({"images": expected, "duplicates_dropped": duplicates, "ids": ids}))
