@@ -188,3 +188,20 @@ async def test_live_view_page_events_and_png(tmp_path: Path) -> None:
             async with http.get(base + "/offer") as r:
                 assert r.status == 405, "the signalling endpoint is still there (POST only)"
         view.close()
+
+
+def test_send_with_clock_sized_image_ids_stays_within_max_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every packet carries the image id; a one-shot sender's ids come from the clock (4-byte varints), and
+    the budget must count them: each image's packets stay within --max-bytes with the container's framing."""
+    lcs = tmp_path / "s.lcs"
+    paths = [str(p) for p in sample_paths()]
+    first = 2**27 + 5  # a clock_image_id-sized id
+    argv = ["send", *paths, "--to", f"file:{lcs}", "--first-image-id", str(first), "--json", *ENCODE_FLAGS]
+    assert main(argv) == 0
+    sent = json.loads(capsys.readouterr().out)
+    assert [i["image_id"] for i in sent["images"]] == list(range(first, first + len(paths)))
+    for img in sent["images"]:
+        frames = img["packets"] * 2 + 4  # a varint length per packet (< 16 KiB) and the file's magic
+        assert img["wire_bytes"] + frames <= 450, img
