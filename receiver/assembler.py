@@ -16,6 +16,19 @@ layer with its registered codec (a partial layer where the codec allows it, e.g.
 one ImageReady: when its expected layer families are complete, or `image_timeout` seconds after its
 last packet (at most `max_image_age` after its first), or when `max_images` newer images push it out.
 Memory is bounded by `max_images` x `max_bytes_per_image` plus the decoded values.
+
+With `defer_decode=True` a layer whose units are all in is not decoded inside `receive`: it becomes a
+`LayerDecodeJob` (`take_decode_jobs()`), which the caller runs anywhere (e.g. a worker thread) and hands
+back with `deliver(job, value, error, now)`; that call emits what `receive` would have (LayerComplete,
+LayerSetChanged, ImageReady when it was the last layer). The assembler itself stays single-threaded and
+clock-free: jobs are plain values, and an image finished (timeout, eviction, `finish_all`) while a job of
+it is out decodes that layer in place, so its ImageReady never misses a layer; the late result is ignored.
+
+    asm = Assembler(defer_decode=True)
+    events = asm.receive(data, now)
+    for job in asm.take_decode_jobs():
+        value, error = job.run()                  # anywhere, any thread
+        events += asm.deliver(job, value, error, job.time)
 """
 
 from __future__ import annotations
@@ -52,6 +65,30 @@ from layercast.receiver.events import (
     PacketRejected,
 )
 
+
+@dataclass(eq=False)
+class LayerDecodeJob:
+    """A layer whose units all arrived, to be decoded by the caller (`Assembler(defer_decode=True)`).
+
+    `run()` decodes it (any thread: it touches nothing of the assembler) and returns (value, None) or
+    (None, the exception it raised); hand that back to the assembler with `Assembler.deliver`."""
+
+    camera: str
+    stream_id: int
+    image_id: int
+    kind: LayerKind
+    descriptor: pb.LayerDescriptor
+    units: list[bytes | None]
+    time: float
+    """The `now` at which the layer's last unit arrived (what its events carry when delivered with it)."""
+
+    def run(self) -> tuple[Any, BaseException | None]:
+        try:
+            return decode_layer(self.descriptor, self.units), None
+        except Exception as exc:  # reported through deliver as a typed reject
+            return None, exc
+
+
 DEFAULT_LONG_SIDE = 512
 """Long side of the image size assumed when no packet with the image header arrived."""
 
@@ -76,6 +113,7 @@ class _Layer:
     partial_known: int = -1  # units_known at the last LayerPartial (-1: none emitted)
     partial_due: float | None = None
     last_partial: float = -math.inf
+    pending: LayerDecodeJob | None = None  # all units in, value being decoded by the caller (defer_decode)
 
     @property
     def family(self) -> str:
@@ -108,7 +146,8 @@ class Assembler:
     `partial_interval`: least time between two partial decodes of one layer (later units are decoded
     at the next timer). `already_done(camera, image_id)`: asked once when a packet would open a new
     image; True means that image was finished before (e.g. its output exists from an earlier run), so
-    the packet is dropped as a duplicate (counted in `stats["done_before"]`).
+    the packet is dropped as a duplicate (counted in `stats["done_before"]`). `defer_decode`: complete
+    layers are decoded by the caller (`take_decode_jobs` / `deliver`, see the module docstring).
     """
 
     def __init__(
@@ -129,6 +168,7 @@ class Assembler:
         replay_store: ReplayStore | None = None,
         max_sequence_ahead_ms: int | None = 600_000,
         wall_ms: Callable[[], float] = lambda: time.time() * 1000,
+        defer_decode: bool = False,
     ) -> None:
         if not image_timeout > 0:
             raise ValueError("image_timeout must be positive")
@@ -150,6 +190,8 @@ class Assembler:
         self._saved_tops = replay_store.load() if replay_store is not None else {}
         self.max_sequence_ahead_ms = max_sequence_ahead_ms
         self.wall_ms = wall_ms
+        self.defer_decode = defer_decode
+        self._jobs: list[LayerDecodeJob] = []
         self._images: OrderedDict[tuple[str, int], _Image] = OrderedDict()
         self._finished: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._windows: OrderedDict[str, ReplayWindow] = OrderedDict()
@@ -193,11 +235,7 @@ class Assembler:
             return self._receive(data, now, camera)
         except Exception as exc:  # no packet may stop a receiver: counted and reported
             self.last_key = None
-            self.stats["rejected"] += 1
-            self.stats["internal_errors"] += 1
-            return [
-                PacketRejected(None, None, f"{type(exc).__name__}: {exc}"[:300], "InternalError", now, camera or "")
-            ]
+            return [self._internal(None, None, exc, now, camera or "")]
 
     def _receive(self, data: bytes, now: float, camera: str | None) -> list[Event]:
         self.stats["packets"] += 1
@@ -237,6 +275,27 @@ class Assembler:
         elif key in self._images or key in self._finished:
             self.last_key = key
         return events
+
+    def take_decode_jobs(self) -> list[LayerDecodeJob]:
+        """The layer decodes `defer_decode` left to the caller since the last call (oldest first)."""
+        jobs, self._jobs = self._jobs, []
+        return jobs
+
+    def deliver(self, job: LayerDecodeJob, value: Any, error: BaseException | None, now: float) -> list[Event]:
+        """Hand back a `LayerDecodeJob`'s result (`job.run()`): the events its layer's completion causes,
+        or a PacketRejected when the decode raised. A job whose image finished meanwhile (its layer was
+        then decoded in place) or that was delivered before yields nothing. Never raises."""
+        try:
+            img = self._images.get((job.camera, job.image_id))
+            L = img.layers.get(job.kind) if img is not None else None
+            if img is None or L is None or L.pending is not job:
+                return []
+            L.pending = None
+            if error is None:
+                return self._completed(img, L, value, now)
+            return self._layer_failed(img, L, error, now)
+        except Exception as exc:  # a bug a packet found: counted and reported, like receive's
+            return [self._internal(job.stream_id, job.image_id, exc, now, job.camera)]
 
     def next_timer(self) -> float | None:
         """The next time `handle_timer` has work (an image timeout or a deferred partial decode)."""
@@ -339,7 +398,7 @@ class Assembler:
                             f" into {g.part_count}"
                         )
         idx = p.fragment_index
-        redundant = L.complete or L.failed
+        redundant = L.complete or L.failed or L.pending is not None
         duplicate = not redundant and idx in L.frags
         if not (redundant or duplicate):
             if img.nbytes + nbytes > self.max_bytes_per_image:
@@ -464,12 +523,54 @@ class Assembler:
         return units
 
     def _complete(self, img: _Image, L: _Layer, units: list[bytes | None], now: float) -> list[Event]:
+        if self.defer_decode:
+            L.pending = LayerDecodeJob(img.camera, img.stream_id, img.image_id, L.kind, L.desc, units, now)
+            L.partial_due = None
+            L.units_known = len(units)
+            self._release(img, L)
+            self._jobs.append(L.pending)
+            return []
         value = decode_layer(L.desc, units)
-        L.value, L.complete, L.partial_due = value, True, None
         L.units_known = len(units)
+        self._release(img, L)
+        return self._completed(img, L, value, now)
+
+    @staticmethod
+    def _release(img: _Image, L: _Layer) -> None:
         img.nbytes -= L.stored_bytes  # the fragments are no longer needed
         L.frags.clear()
         L.stored_bytes = 0
+
+    def _decode_pending(self, img: _Image, L: _Layer, now: float) -> list[Event]:
+        """Decode, here and now, a layer whose job is still out (its image is being finished)."""
+        job, L.pending = L.pending, None
+        assert job is not None
+        value, error = job.run()
+        if error is None:
+            return self._completed(img, L, value, now, finish=False)
+        return self._layer_failed(img, L, error, now)  # never raised: this may run from a timer
+
+    def _layer_failed(self, img: _Image, L: _Layer, error: BaseException, now: float) -> list[Event]:
+        """A layer's decode raised: the layer is dropped; a codec's refusal is a typed reject, anything
+        else (a bug this layer found) an InternalError one."""
+        self._fail(img, L)
+        if isinstance(error, LayercastError):
+            return [self._reject(img.stream_id, img.image_id, error, now, img.camera)]
+        return [self._internal(img.stream_id, img.image_id, error, now, img.camera)]
+
+    def _internal(
+        self, sid: int | None, iid: int | None, exc: BaseException, now: float, camera: str
+    ) -> PacketRejected:
+        """An unexpected error, counted and reported as an "InternalError" reject."""
+        self.stats["rejected"] += 1
+        self.stats["internal_errors"] += 1
+        return PacketRejected(sid, iid, f"{type(exc).__name__}: {exc}"[:300], "InternalError", now, camera)
+
+    def _completed(self, img: _Image, L: _Layer, value: Any, now: float, *, finish: bool = True) -> list[Event]:
+        """A layer decoded to `value`: LayerComplete, LayerSetChanged, and ImageReady when it was the last
+        (unless `finish` is False: the caller is finishing the image)."""
+        L.value, L.complete, L.partial_due = value, True, None
+        units = L.units or []
         payload = sum(len(u) for u in units if u is not None)
         layers = self._layerset(img)
         events: list[Event] = [
@@ -487,7 +588,7 @@ class Assembler:
             ),
             LayerSetChanged(img.stream_id, img.image_id, layers, f"{L.family} complete", now, img.camera),
         ]
-        if self._is_complete(img):
+        if finish and self._is_complete(img):
             events += self._finish(img, now, layers)
         return events
 
@@ -537,6 +638,10 @@ class Assembler:
 
     def _finish(self, img: _Image, now: float, layers: LayerSet | None = None) -> list[Event]:
         events: list[Event] = []
+        for L in list(img.layers.values()):
+            if L.pending is not None:  # its job is still out: the final layer set must not miss it
+                events += self._decode_pending(img, L, now)
+                layers = None
         for L in img.layers.values():
             if not L.complete and not L.failed and (L.partial_due is not None or L.partial_known != L.units_known):
                 events += self._partial(img, L, now)

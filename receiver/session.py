@@ -5,11 +5,15 @@
         summary = await rx.run(count=4)          # or idle_timeout=..., or until the transports close
 
 Every packet goes to one `receiver.assembler.Assembler` with the event loop's time as `now`; its timer
-is served by a background task. Each `LayerSetChanged` schedules a decode of that image's layer set in
-a worker thread (at most `max_decodes` at once, one at a time per image); a decode still running when
-a different (richer) layer set arrives is told to stop through the decoder's `should_stop` and its
-result is dropped, so each stage supersedes the last. `ImageReady` makes the final stage (reusing the
-last one when its layers did not change). Images are keyed by (camera, image id) (see
+is served by a background task. A layer whose units are all in is decoded (edge map, colormap, prompt)
+off the event loop, in one worker thread per session, in arrival order: the assembler hands it out as a
+`LayerDecodeJob` and takes the value back (`defer_decode`), so the loop goes on reading packets meanwhile
+(`layer_worker=False`: decoded on the loop, inside `feed`). Each `LayerSetChanged` schedules a decode of
+that image's layer set in a worker thread (at most `max_decodes` at once, one at a time per image; held
+while more layers of the image are still being decoded, so the stage decoded is the newest); a decode
+still running when a different (richer) layer set arrives is told to stop through the decoder's
+`should_stop` and its result is dropped, so each stage supersedes the last. `ImageReady` makes the final
+stage (reusing the last one when its layers did not change). Images are keyed by (camera, image id) (see
 `common.identity`): the camera a transport names (MQTT topic level, WebRTC offer, `camera=` of
 `add_transport`) or else the packet's decimal stream id. Outputs, when `out_dir` is set::
 
@@ -29,6 +33,7 @@ image that got a packet yields an output. Listeners (`add_listener`, `stages()`)
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -49,7 +54,7 @@ from layercast.common.errors import InputError, LayercastError, TransportClosed,
 from layercast.common.replay import KeyRing
 from layercast.common.transport.base import Transport
 from layercast.common.types import LayerSet
-from layercast.receiver.assembler import Assembler
+from layercast.receiver.assembler import Assembler, LayerDecodeJob
 from layercast.receiver.decoder import Decoder
 from layercast.receiver.events import (
     Event,
@@ -181,7 +186,8 @@ class _Job:
 
 
 class _ImageState:
-    def __init__(self) -> None:
+    def __init__(self, sid: int) -> None:
+        self.sid = sid
         self.pending: _Job | None = None
         self.running: _Job | None = None
         self.stop: threading.Event | None = None
@@ -266,7 +272,9 @@ class ReceiveSession:
     incomplete. `assembler_options`: more keyword arguments for `Assembler`. `max_decodes`: decodes
     running at once (threads). `coalesce_s`: refinements of one image arriving within this window are
     decoded once (the first preview is never delayed). `max_records`: images remembered for `records` /
-    the live view.
+    the live view. `layer_worker`: decode complete layers in a worker thread (default) rather than on
+    the event loop; then a layer's events (LayerComplete, LayerSetChanged, ImageReady) come once it is
+    decoded, after `feed` returned (`wait_decodes` waits for them too).
     """
 
     def __init__(
@@ -282,6 +290,7 @@ class ReceiveSession:
         coalesce_s: float = 0.02,
         max_records: int = 1024,
         write_stages: bool = True,
+        layer_worker: bool = True,
     ) -> None:
         if decoder is None:
             from layercast.receiver.preview import PreviewDecoder
@@ -300,6 +309,7 @@ class ReceiveSession:
 
             # OUT/.replay: never a camera's folder (camera names cannot start with a dot)
             options.setdefault("replay_store", ReplayStore(self.out_dir / REPLAY_DIR))
+        options.setdefault("defer_decode", layer_worker)
         self.assembler = Assembler(key=key, image_timeout=image_timeout, **options)
         self.max_records = max_records
         self.records: OrderedDict[tuple[str, int], ImageRecord] = OrderedDict()
@@ -323,6 +333,11 @@ class ReceiveSession:
         self._sem: asyncio.Semaphore | None = None
         self._log: EventLog | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._layer_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._layer_queue: list[LayerDecodeJob] = []
+        self._layer_batch: asyncio.Future[list[tuple[Any, BaseException | None]]] | None = None
+        self._layers_idle: asyncio.Event | None = None
+        self._layers_out: dict[tuple[str, int], int] = {}  # per image: layers handed out, not yet back
         self._t0 = 0.0
         self.last_activity = 0.0
         self._closed = False
@@ -354,6 +369,11 @@ class ReceiveSession:
         self._changed = asyncio.Event()
         self._timer_wake = asyncio.Event()
         self._sem = asyncio.Semaphore(self._max_decodes)
+        self._layers_idle = asyncio.Event()
+        self._layers_idle.set()
+        if self.assembler.defer_decode:
+            # one thread: layers decode in the order they completed (the codecs' numba kernels drop the GIL)
+            self._layer_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="layercast-layers")
         log_path = self.out_dir / EVENTS_FILE if self.out_dir is not None else None
         self.summary.events_log = str(log_path) if log_path else None
         self._log = EventLog(log_path, self._t0)
@@ -376,6 +396,8 @@ class ReceiveSession:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._layer_pool is not None:
+            self._layer_pool.shutdown(wait=False, cancel_futures=True)
         if self._log is not None:
             self._log.write({"event": "SessionEnd", **self._totals()}, self._loop.time())
             self._log.close()
@@ -472,6 +494,7 @@ class ReceiveSession:
             else:
                 self._on_done.setdefault(key, []).append(on_done)
         self._handle(events, now)
+        self._pump_layers()
         self._arm_timer()
 
     def _final_exists(self, camera: str, image_id: int) -> bool:
@@ -488,7 +511,8 @@ class ReceiveSession:
         """End of input: finish every open image now and wait until each has its final stage."""
         loop = self._require_started()
         now = loop.time()
-        self._handle(self.assembler.finish_all(now), now)
+        self._handle(self.assembler.finish_all(now), now)  # layers still out are decoded in place
+        self._pump_layers()
         await self.wait_decodes()
 
     async def wait_transports_closed(self, timeout: float) -> bool:
@@ -507,8 +531,11 @@ class ReceiveSession:
         return True
 
     async def wait_decodes(self) -> None:
-        """Wait until no decode is pending or running."""
+        """Wait until no decode (of a layer, or of a stage) is pending or running."""
         while True:
+            if self._layers_idle is not None and not self._layers_idle.is_set():
+                await self._layers_idle.wait()
+                continue
             tasks = [s.task for s in self._states.values() if s.task is not None and not s.task.done()]
             if not tasks:
                 return
@@ -600,6 +627,8 @@ class ReceiveSession:
         return self._loop
 
     def _busy(self) -> bool:
+        if self._layers_idle is not None and not self._layers_idle.is_set():
+            return True
         return any(s.task is not None and not s.task.done() for s in self._states.values())
 
     def _poke(self) -> None:
@@ -657,14 +686,68 @@ class ReceiveSession:
                 continue
             now = loop.time()
             self._handle(self.assembler.handle_timer(now), now)
+            self._pump_layers()
+
+    def _pump_layers(self) -> None:
+        """Send the layers the assembler left to decode to the worker thread: one batch in flight at a
+        time, the layers that complete meanwhile make the next one (fewer thread hand-offs under load)."""
+        if self._layer_pool is None:
+            return
+        for job in self.assembler.take_decode_jobs():
+            key = (job.camera, job.image_id)
+            self._layers_out[key] = self._layers_out.get(key, 0) + 1
+            self._layer_queue.append(job)
+        if self._layer_batch is not None or not self._layer_queue or self._closed:
+            return
+        assert self._loop is not None and self._layers_idle is not None
+        batch, self._layer_queue = self._layer_queue, []
+        self._layers_idle.clear()
+        self._layer_batch = self._loop.run_in_executor(self._layer_pool, _run_layer_jobs, batch)
+        self._layer_batch.add_done_callback(functools.partial(self._layers_decoded, batch))
+
+    def _layers_decoded(
+        self, batch: list[LayerDecodeJob], fut: asyncio.Future[list[tuple[Any, BaseException | None]]]
+    ) -> None:
+        """On the loop: hand a batch's values back to the assembler, in order, and act on the events."""
+        assert self._loop is not None and self._layers_idle is not None
+        self._layer_batch = None
+        if self._closed:
+            self._layers_idle.set()
+            return
+        try:
+            results = fut.result()
+        except BaseException as exc:  # the worker itself failed (jobs catch their own errors): typed rejects
+            failed = exc if isinstance(exc, Exception) else RuntimeError(f"layer worker: {type(exc).__name__}")
+            results = [(None, failed)] * len(batch)
+        now = self._loop.time()
+        for job, (value, error) in zip(batch, results, strict=True):
+            key = (job.camera, job.image_id)
+            left = self._layers_out.get(key, 1) - 1
+            if left > 0:
+                self._layers_out[key] = left
+            else:
+                self._layers_out.pop(key, None)
+            try:
+                self._handle(self.assembler.deliver(job, value, error, job.time), now)
+            except Exception as exc:  # e.g. a listener raised: counted and logged, the batch goes on
+                self.summary.rejected += 1
+                self._count_reject("InternalError")
+                log.exception("handling decoded layer of %s/%s raised %s", job.camera, job.image_id, type(exc).__name__)
+            if left <= 0:
+                self._start_decodes(key)  # a stage held back for this layer (see _schedule) may go now
+        self._arm_timer()
+        self._pump_layers()
+        if self._layer_batch is None:
+            self._layers_idle.set()
 
     def _handle(self, events: list[Event], now: float) -> None:
+        logging = self._log is not None and self._log.path is not None  # no records built for no file
         for ev in events:
-            rec = event_record(ev)
             if isinstance(ev, PacketRejected):
                 self.summary.rejected += 1
                 self._count_reject(ev.error)
-                self._write(rec, now)
+                if logging:
+                    self._write(event_record(ev), now)
                 if ev.error == "InternalError":  # a bug a packet found: worth a log line, not a dead reader
                     log.error("packet rejected on an internal error (please report): %s", ev.reason)
                 continue
@@ -686,7 +769,8 @@ class ReceiveSession:
                     ev.image_id,
                     _Job(ev.layers, layer_signature(ev.layers), "image ready", True, ev),
                 )
-            self._write(rec, now)
+            if logging:
+                self._write(event_record(ev), now)
         for ev in events:
             for listener in list(self._event_listeners):
                 listener(ev)
@@ -694,19 +778,33 @@ class ReceiveSession:
     def _schedule(self, cam: str, sid: int, iid: int, job: _Job) -> None:
         st = self._states.get((cam, iid))
         if st is None:
-            st = self._states[(cam, iid)] = _ImageState()
+            st = self._states[(cam, iid)] = _ImageState(sid)
         if st.pending is not None and st.pending.final:
             return  # nothing follows the final job
         st.pending = job
         if st.running is not None and st.stop is not None and st.running.sig != job.sig:
             st.stop.set()  # a richer layer set arrived: the running decode is stale
+        self._start_decodes((cam, iid))
+
+    def _held(self, key: tuple[str, int], job: _Job) -> bool:
+        """A refinement is held back while more layers of its image are being decoded (latest wins: the
+        stage decoded is the one with them); a final stage never is."""
+        return not job.final and key in self._layers_out
+
+    def _start_decodes(self, key: tuple[str, int]) -> None:
+        """Start the image's decode task for its pending job, unless it runs already or is held."""
+        st = self._states.get(key)
+        if st is None or st.pending is None or self._held(key, st.pending):
+            return
         if st.task is None or st.task.done():
-            st.task = asyncio.create_task(self._decode_loop(cam, sid, iid, st))
+            st.task = asyncio.create_task(self._decode_loop(key[0], st.sid, key[1], st))
 
     async def _decode_loop(self, cam: str, sid: int, iid: int, st: _ImageState) -> None:
         assert self._sem is not None and self._loop is not None
         loop = self._loop
         while st.pending is not None:
+            if self._held((cam, iid), st.pending):
+                break  # more layers are coming back from the layer worker: it restarts this (_start_decodes)
             job, st.pending = st.pending, None
             if not job.final and st.last_stage is not None and self.coalesce_s > 0:
                 # refinements that land within `coalesce_s` of each other make one decode, not several
@@ -877,6 +975,11 @@ class ReceiveSession:
             listener(stage)
         if job.final:
             self._poke()
+
+
+def _run_layer_jobs(batch: list[LayerDecodeJob]) -> list[tuple[Any, BaseException | None]]:
+    """In the layer worker thread: each job's (value, error)."""
+    return [job.run() for job in batch]
 
 
 def _copy(src: Path, dst: Path) -> None:

@@ -411,3 +411,103 @@ def test_lost_edge_stripes_are_masked_not_read_as_blank() -> None:
     reasons = [e.reason for e in of(events, LayerSetChanged)]
     # partial_interval=0: every stripe that lands refreshes the partial structure (3 of 4 arrived)
     assert reasons[0] == "semantic complete" and set(reasons[1:]) == {"structure partial"} and len(reasons) <= 4
+
+
+# --- layers decoded by the caller (defer_decode) ------------------------------------------------------
+
+
+def _comparable(events: list[Event]) -> list[str]:
+    """Events as JSON records, layer values included (by their decoded content)."""
+    out = []
+    for e in events:
+        rec = event_record(e)
+        layers = getattr(e, "layers", None)
+        if layers is not None:
+            rec["values"] = repr((layers.prompt, layers.structure, getattr(layers.texture, "cells", None)))
+        if isinstance(e, LayerComplete):
+            rec["value"] = repr(e.value)
+        out.append(json.dumps(rec, sort_keys=True, default=str))
+    return out
+
+
+def deliver_all(asm: Assembler) -> list[Event]:
+    events: list[Event] = []
+    for job in asm.take_decode_jobs():
+        value, error = job.run()
+        events += asm.deliver(job, value, error, job.time)
+    return events
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_deferred_decodes_delivered_at_once_equal_in_place_decodes(rnd: random.Random) -> None:
+    imgs = [encoded(i, stream_id=1 + i % 2) for i in range(3)]
+    data = [d for img in imgs for d in wire(packets(img, policy=FecPolicy()))]
+    rnd.shuffle(data)
+    sync, deferred = Assembler(), Assembler(defer_decode=True)
+    want: list[Event] = []
+    got: list[Event] = []
+    for i, d in enumerate(data):
+        want += sync.receive(d, float(i))
+        got += deferred.receive(d, float(i))
+        got += deliver_all(deferred)
+    assert _comparable(got) == _comparable(want)
+    assert not sync.take_decode_jobs(), "an in-place assembler hands out no jobs"
+
+
+def test_deferred_decodes_in_late_batches_give_the_same_images() -> None:
+    imgs = [encoded(i) for i in range(4)]
+    data = [d for img in imgs for d in wire(packets(img))]
+    asm = Assembler(defer_decode=True)
+    events = feed(asm, data, 1.0)
+    assert not of(events, LayerComplete) and not of(events, ImageReady), "nothing is decoded inside receive"
+    jobs = asm.take_decode_jobs()
+    assert len(jobs) == 12 and asm.images_in_flight == 4
+    assert all(asm.receive(d, 1.5) == [] for d in data), "a layer out for decoding takes no more fragments"
+    events = []
+    for job in reversed(jobs):  # any order of delivery: each image finishes once its last layer is back
+        events += asm.deliver(job, *job.run(), job.time)
+    ready = of(events, ImageReady)
+    assert sorted(r.image_id for r in ready) == [0, 1, 2, 3] and all(r.time == 1.0 for r in ready)
+    for r in ready:
+        assert r.complete
+        assert_same_values(r, imgs[r.image_id])
+    assert len(of(events, LayerComplete)) == 12 and asm.images_in_flight == 0
+    assert asm.deliver(jobs[0], *jobs[0].run(), 2.0) == [], "a job delivered twice is ignored"
+
+
+@pytest.mark.parametrize("how", ["finish_all", "timeout", "evicted"])
+def test_an_image_finished_while_its_layers_are_out_decodes_them_in_place(how: str) -> None:
+    img = encoded(3)
+    asm = Assembler(defer_decode=True, image_timeout=1.0, max_images=1)
+    feed(asm, wire(packets(img)), 0.0)
+    jobs = asm.take_decode_jobs()
+    assert len(jobs) == 3
+    if how == "finish_all":
+        events = asm.finish_all(0.5)
+    elif how == "timeout":
+        events = asm.handle_timer(asm.next_timer() or 0.0)
+    else:
+        events = asm.receive(wire(packets(encoded(4)))[0], 0.5)
+    (ready,) = of(events, ImageReady)
+    assert ready.complete and ready.image_id == 3, "the final layer set misses no layer"
+    assert_same_values(ready, img)
+    assert [e.family for e in of(events, LayerComplete)] == ["semantic", "structure", "texture"]
+    assert all(asm.deliver(job, *job.run(), 1.0) == [] for job in jobs), "late results are ignored"
+
+
+def test_a_layer_that_fails_to_decode_is_a_typed_counted_reject() -> None:
+    from layercast.common.errors import CodecError
+
+    asm = Assembler(defer_decode=True, image_timeout=1.0)
+    feed(asm, wire(packets(encoded(5))), 0.0)
+    jobs = {job.kind: job for job in asm.take_decode_jobs()}
+    bad = asm.deliver(jobs[LayerKind.STRUCTURE_POSE], None, CodecError("truncated pose"), 0.0)
+    assert [(r.error, r.image_id) for r in of(bad, PacketRejected)] == [("CodecError", 5)]
+    crash = asm.deliver(jobs[LayerKind.TEXTURE], None, RuntimeError("a bug"), 0.0)
+    assert [r.error for r in of(crash, PacketRejected)] == ["InternalError"]
+    assert asm.stats["rejected"] == 2 and asm.stats["internal_errors"] == 1
+    events = asm.deliver(jobs[LayerKind.SEMANTIC], *jobs[LayerKind.SEMANTIC].run(), 0.0)
+    assert of(events, LayerComplete) and not of(events, ImageReady), "failed layers leave the image open"
+    (ready,) = of(asm.handle_timer(2.0), ImageReady)
+    assert not ready.complete and ready.partial_families == ("structure", "texture")
