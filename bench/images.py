@@ -303,35 +303,53 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return s
 
 
+def _row(name: str, nbytes: float, psnr_db: float, ssim_v: float, note: str = "") -> str:
+    bits_per_pixel = 8.0 * nbytes / (SIDE * SIDE)
+    return f"{name:<28}{nbytes:>9.1f}{bits_per_pixel:>9.4f}{psnr_db:>9.2f}{ssim_v:>7.3f}" + note
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """Human-readable summary table."""
+    """Human-readable summary table: each target (the default generative split, `--target preview`) beside
+    WebP/AVIF at its own byte count, then the lowest-quality baselines."""
     s = result["summary"]
     if not s:
         return "images: none"
+    base = s["baselines"]
+
+    def baseline(name: str, label: str) -> str:
+        b = base.get(name)
+        if not b:
+            return ""
+        if not b.get("images"):
+            return f"{label:<28}  nothing fits in Layercast's bytes"
+        return _row(label, b["mean_bytes"], b["mean_psnr"], b["mean_ssim"]) + (
+            "" if b["images"] == s["images"] else f"  ({b['images']} fit)"
+        )
+
     lines = [
         f"images: {s['images']} at 512x512, decoder {result['decoder']}",
-        f"{'method':<26}{'bytes':>9}{'bpp':>9}{'PSNR dB':>9}{'SSIM':>7}",
-        f"{'layercast':<26}{s['mean_bytes']:>9.1f}{s['mean_bpp']:>9.4f}{s['mean_psnr']:>9.2f}{s['mean_ssim']:>7.3f}",
+        f"{'method':<28}{'bytes':>9}{'bpp':>9}{'PSNR dB':>9}{'SSIM':>7}",
+        "default split (--target sd):",
+        _row("  layercast", s["mean_bytes"], s["mean_psnr"], s["mean_ssim"]),
     ]
     for name, v in s.get("variants", {}).items():
         lines.append(
-            f"{'  ' + name:<26}{s['mean_bytes']:>9.1f}{s['mean_bpp']:>9.4f}{v['mean_psnr']:>9.2f}{v['mean_ssim']:>7.3f}"
-            f"  ({v['median_decode_ms']:.1f} ms)"
+            _row("    " + name, s["mean_bytes"], v["mean_psnr"], v["mean_ssim"], f"  ({v['median_decode_ms']:.1f} ms)")
         )
+    lines += [baseline(f"{fmt}-matched", f"  {fmt}-matched") for fmt in ("webp", "avif")]
     pt = s.get("preview_target")
     if pt:
-        lines.append(
-            f"{'layercast --target preview':<26}{pt['mean_bytes']:>9.1f}{pt['mean_bpp']:>9.4f}{pt['mean_psnr']:>9.2f}"
-            f"{pt['mean_ssim']:>7.3f}"
-        )
-    for name, b in s["baselines"].items():
-        if b.get("images"):
-            lines.append(
-                f"{name:<26}{b['mean_bytes']:>9.1f}{b['mean_bpp']:>9.4f}{b['mean_psnr']:>9.2f}{b['mean_ssim']:>7.3f}"
-                + ("" if b["images"] == s["images"] else f"  ({b['images']} fit)")
-            )
-        else:
-            lines.append(f"{name:<26}  nothing fits in Layercast's bytes")
+        lines += [
+            "--target preview (split for the preview decoder):",
+            _row("  layercast --target preview", pt["mean_bytes"], pt["mean_psnr"], pt["mean_ssim"])
+            + f"  ({pt['median_decode_ms']:.1f} ms)",
+        ]
+        lines += [baseline(f"{fmt}-matched@preview", f"  {fmt}-matched@preview") for fmt in ("webp", "avif")]
+    shown = {f"{fmt}-matched{sfx}" for fmt in ("webp", "avif") for sfx in ("", "@preview")}
+    rest = [baseline(name, f"  {name}") for name in base if name not in shown]
+    if any(rest):
+        lines += ["classical codecs at their lowest quality:", *rest]
+    lines = [line for line in lines if line]
     lb = s["mean_layer_bytes"]
     lines += [
         f"layer bytes (mean): semantic {lb['semantic']:.1f}, structure {lb['structure']:.1f},"

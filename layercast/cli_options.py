@@ -103,8 +103,8 @@ def add_encode_options(p: argparse.ArgumentParser, *, resize: tuple[int, int] | 
         default="sd",
         help="the decoder the split between edges and colour is made for: sd (default; the generative split:"
         " most bytes on edges, an 8x8 colormap) or preview (the CPU preview decoder: 24-36 colour cells on the"
-        " long side (quality 30-50), edges in the bytes left; each image's split is the one whose preview"
-        " is nearest the image, at several times the encode time)",
+        " long side (quality 20-50), edges in the bytes left; each image's split is the one whose preview"
+        " scores best against the image (SSIM + 0.01 x PSNR), at several times the encode time)",
     )
     g.add_argument(
         "--cells",

@@ -63,7 +63,8 @@ class EncodeOptions:
     `target` is the decoder the split between edges and colour is made for: "sd" (default; `cells_long`
     cells, the richest edge rung that fits) or "preview" (the CPU preview decoder: rate control tries the
     (cells, quality) pairs of `preview_textures`, default ratecontrol.PREVIEW_TEXTURES, fits the richest
-    edge rung beside each, decodes each with the preview decoder and keeps the closest to the image;
+    edge rung beside each, decodes each with the preview decoder and keeps the best scoring
+    (ratecontrol.preview_score: SSIM + 0.01 x PSNR against the image);
     `texture_quality`, when set, pins the quality)."""
 
     bpp: float = 0.02
@@ -332,7 +333,7 @@ def encode_image(
 
     def preview_search() -> tuple[ratecontrol.Choice, int] | None:
         """The preview target: per (cells, quality) candidate the richest rung that fits beside it, scored by
-        the preview decoder's squared error against the image; None when no candidate's texture fits."""
+        ratecontrol.preview_score of the preview decoder's output; None when no candidate's texture fits."""
         candidates = opts.preview_textures or ratecontrol.PREVIEW_TEXTURES
         if opts.texture_quality is not None:
             candidates = tuple(dict.fromkeys((c, opts.texture_quality) for c, _ in candidates))

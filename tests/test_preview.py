@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import cv2
 import numpy as np
@@ -109,7 +108,12 @@ def test_sketch_draws_lines_and_clean_does_not() -> None:
     clean = PreviewDecoder().decode(layers)
     sketch = PreviewDecoder("sketch").decode(layers)
     base = render_colormap(flat, W, H, smooth=True)
-    assert np.abs(clean.astype(int) - base.astype(int)).max() <= 1  # no lines: the flat colour everywhere
+    # no lines: the lightness stays within a few levels of the flat colour's on and off the lines (the
+    # correction darkens where edges are dense, most at the crossing: busy areas are darker in sRGB than
+    # their linear-light cell means say; it also desaturates a little near edges and shrinks colours a
+    # little towards the AIGI mean), while the sketch's lines are 20+ levels darker
+    assert (luma(base) - luma(clean)).max() < 10 and (luma(clean) - luma(base)).max() < 3
+    assert np.abs(clean[:12, :36].astype(int) - base[:12, :36].astype(int)).max() <= 12
     on_lines = (luma(base) - luma(sketch)) > 20
     assert on_lines[:, 46:50].any(axis=1).all() and on_lines[20:23, :].any(axis=0).all()  # both lines, whole
     assert not on_lines[:16, :40].any()  # and nothing away from them
@@ -160,8 +164,9 @@ def test_unknown_regions_are_masked_not_blank(style: str) -> None:
         no_edges, no_edges_masked = dec(blank, colour), dec(blank_masked, colour)
         assert not np.array_equal(out_masked[bottom], no_edges[bottom])  # unknown != "no edges"
         # No edge lines or boundaries in the unknown part: with or without edges there, it renders alike
-        # (exactly, with bicubic colour; edge-aware colour is still pulled by the known part's boundaries).
-        tolerance = 0 if colour == "bicubic" else 12
+        # (exactly, with bicubic colour; edge-aware colour is still pulled by the known part's boundaries,
+        # and corrected, which the no-edges field, plain bicubic, is not).
+        tolerance = 0 if colour == "bicubic" else 20
         assert np.abs(out_masked[bottom].astype(int) - no_edges_masked[bottom].astype(int)).max() <= tolerance
         if colour == "bicubic":
             assert np.array_equal(out_masked[top], out_full[top])
@@ -187,22 +192,89 @@ def test_render_colormap_nearest() -> None:
     assert np.array_equal(img[::10, ::10], cmap().cells)
 
 
-def test_preview_beats_flat_grey_and_is_fast_on_real_images() -> None:
+def test_preview_beats_flat_grey_on_real_images() -> None:
+    """(Decode time is a bench figure, `layercast bench`'s images part, not a unit-test bound.)"""
     data = shared_data()
     rows = aigi_manifest()[::15]
     codec = ColormapCodec()
-    gains, times = [], []
+    gains = []
     for row in rows:
         rgb = np.asarray(Image.open(data / "aigi" / row["file"]).convert("RGB").resize((512, 512)))
         enc = codec.compress(colormap(rgb))
         cm = codec.decompress(enc.descriptor, enc.units)
         e = np.zeros((192, 192), bool)  # a sparse synthetic edge map keeps this test independent of Canny
         e[::24, :] = True
-        layers = LayerSet(header(512, 512), structure=EdgeMap(e), texture=cm)
-        t0 = time.perf_counter()
-        out = PreviewDecoder().decode(layers)
-        times.append(time.perf_counter() - t0)
+        out = PreviewDecoder().decode(LayerSet(header(512, 512), structure=EdgeMap(e), texture=cm))
         grey = PreviewDecoder().decode(LayerSet(header(512, 512)))
         gains.append(psnr(out, rgb) - psnr(grey, rgb))
     assert min(gains) > 0.5
-    assert float(np.median(times)) < 0.1  # 50 ms target, doubled for a loaded shared CI machine
+
+
+def _default_split(rows: list[dict[str, str]]) -> list[tuple[np.ndarray, LayerSet]]:
+    """(512 x 512 image, its decoded layers) for shared AIGIs encoded with the default (generative) split."""
+    from layercast.receiver.layers import layerset_from_image
+    from layercast.sender.encode import encode_image
+
+    data = shared_data()
+    out = []
+    for row in rows:
+        rgb = np.asarray(
+            Image.open(data / "aigi" / row["file"]).convert("RGB").resize((512, 512), Image.Resampling.BICUBIC)
+        )
+        res = encode_image(rgb, Prompt(row["prompt"]))
+        out.append((rgb, layerset_from_image(res.image)))
+    return out
+
+
+def test_clean_preview_of_the_default_split_beats_bicubic_without_lines_or_bias() -> None:
+    """On shared AIGIs at the generative split (8 x 8 colours + edges): the clean preview is well above the
+    plain bicubic colour (+1.6 dB over the 89 images), removes the bicubic field's brightness bias (cells
+    are linear-light means: their sRGB is brighter than the pixels' sRGB mean), and draws no dark lines."""
+    gains: list[float] = []
+    biases: list[float] = []
+    bicubic_biases: list[float] = []
+    line_drops: list[float] = []
+    sketch_drops: list[float] = []
+    for rgb, layers in _default_split(aigi_manifest()[::15]):
+        clean = preview(layers)
+        bicubic = preview(layers, colour="bicubic")
+        gains.append(psnr(clean, rgb) - psnr(bicubic, rgb))
+        biases.append(float(np.mean(clean.astype(np.float64) - rgb)))
+        bicubic_biases.append(float(np.mean(bicubic.astype(np.float64) - rgb)))
+        assert isinstance(layers.structure, EdgeMap)
+        on = cv2.resize(layers.structure.edges.astype(np.uint8), (512, 512), interpolation=cv2.INTER_NEAREST) > 0
+        near = (cv2.dilate(on.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0) & ~on
+        for img, drops in ((clean, line_drops), (preview(layers, style="sketch"), sketch_drops)):
+            y = luma(img)
+            drops.append(float(y[near].mean() - y[on].mean()))  # how much darker the edge pixels are
+    assert float(np.mean(gains)) > 1.0 and min(gains) > -0.5, gains
+    assert abs(float(np.mean(biases))) < 4 < float(np.mean(bicubic_biases)), (biases, bicubic_biases)
+    assert max(line_drops) < 4 and min(sketch_drops) > 15, (line_drops, sketch_drops)
+
+
+def test_preview_is_deterministic_whatever_the_thread_count() -> None:
+    _, layers = _default_split(aigi_manifest()[7:8])[0]
+    threads = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(1)
+        one = PreviewDecoder().decode(layers)
+        cv2.setNumThreads(4)
+        four = PreviewDecoder().decode(layers)
+    finally:
+        cv2.setNumThreads(threads)
+    assert np.array_equal(one, four) and np.array_equal(one, PreviewDecoder().decode(layers))
+
+
+def test_tunings_and_correction_shape() -> None:
+    from layercast.receiver import colorize
+
+    assert colorize.tuning_for((8, 8)) is colorize.COARSE and colorize.tuning_for((21, 28)) is colorize.FINE
+    field = np.full((16, 16, 3), 0.5, np.float32)
+    edge = np.zeros((16, 16), bool)
+    n = len(colorize.correction_features(field, field, edge))
+    for tuning in (colorize.COARSE, colorize.FINE):
+        assert np.asarray(tuning.correction).shape == (3, n)
+    with pytest.raises(ValueError, match="correction coefficients"):
+        colorize.corrected(field, field, edge, ((1.0,),) * 3)
+    identity = tuple(tuple(1.0 if i == 0 else 0.0 for i in range(n)) for _ in range(3))  # f alone
+    assert np.allclose(colorize.corrected(field, field, edge, identity), field)

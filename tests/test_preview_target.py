@@ -54,7 +54,7 @@ def test_preview_target_pins_and_limits() -> None:
         encode_image(rgb, Prompt("a"), options=EncodeOptions(target="preview", preview_textures=((0, 50),)))
 
 
-def test_choose_preview_keeps_the_nearest_fitting_candidate() -> None:
+def test_choose_preview_keeps_the_best_scoring_fitting_candidate() -> None:
     rgb = np.full((4, 4, 3), 100, np.uint8)
     fits = ratecontrol.Choice(None, 50, 600, True, 1)
     dropped = ratecontrol.Choice(None, None, 40, True, 1)  # rate control had to drop the texture
