@@ -18,6 +18,7 @@ from layercast.common import colormap_edit
 from layercast.common.errors import EditError
 from layercast.common.registry import get_codec
 from layercast.common.types import Colormap, EdgeMap, EncodedImage, EncodedLayer, LayerKind, PoseLayer, Prompt
+from layercast.proto.framing import edge_geometry
 
 TRANSFORMS = ("flip-h", "flip-v", "rotate90", "rotate180", "rotate270", "crop", "scale")
 
@@ -55,7 +56,7 @@ def _reencode(layer: EncodedLayer, value: object) -> EncodedLayer:
     if layer.kind == LayerKind.TEXTURE:
         return codec.compress(value, quality=d.colormap.quality)
     if layer.kind == LayerKind.STRUCTURE_EDGES:
-        return codec.compress(value, stripe_rows=d.edges.stripe_rows, source=d.edges.source)
+        return codec.compress(value, stripe_rows=edge_geometry(d.edges)[2], source=d.edges.source)
     return codec.compress(value)
 
 

@@ -323,6 +323,19 @@ _KIND_FOR_PARAMS = {
 }
 
 
+EDGE_STRIPE_ROWS_DEFAULT = 32
+"""What `EdgeParams.stripe_rows` 0 stands for: 32 rows (the encoder's default stripe height)."""
+
+
+def edge_geometry(e: pb.EdgeParams) -> tuple[int, int, int]:
+    """(width, height, stripe_rows) of an edge layer with the descriptor's short forms resolved: height 0 =
+    the width (a square map), stripe_rows 0 = EDGE_STRIPE_ROWS_DEFAULT. Encoders write them where they
+    apply (5 bytes less per square map in 32-row stripes); builds before them refuse such layers (height or
+    stripe_rows outside 1..) rather than misread them, and every earlier layer reads as before."""
+    w = int(e.width)
+    return w, int(e.height) or w, int(e.stripe_rows) or EDGE_STRIPE_ROWS_DEFAULT
+
+
 def validate_descriptor(desc: pb.LayerDescriptor, kind: LayerKind) -> None:
     """Check a layer descriptor: known codec, params matching the codec and kind, sizes within limits."""
     if desc.codec not in _KNOWN_CODECS:
@@ -338,13 +351,11 @@ def validate_descriptor(desc: pb.LayerDescriptor, kind: LayerKind) -> None:
     if not 1 <= desc.unit_count <= limits.MAX_UNITS:
         raise LimitError(f"unit count {desc.unit_count} is outside 1..{limits.MAX_UNITS}")
     if want == "edges":
-        e = desc.edges
-        if not (1 <= e.width <= limits.MAX_EDGE_SIDE and 1 <= e.height <= limits.MAX_EDGE_SIDE):
-            raise LimitError(f"edge map {e.width}x{e.height} is outside 1..{limits.MAX_EDGE_SIDE} per side")
-        if e.stripe_rows < 1 or desc.unit_count != -(-e.height // e.stripe_rows):
-            raise LimitError(
-                f"edge map of height {e.height} in stripes of {e.stripe_rows} rows cannot have {desc.unit_count} units"
-            )
+        ew, eh, es = edge_geometry(desc.edges)
+        if not (1 <= ew <= limits.MAX_EDGE_SIDE and 1 <= eh <= limits.MAX_EDGE_SIDE):
+            raise LimitError(f"edge map {ew}x{eh} is outside 1..{limits.MAX_EDGE_SIDE} per side")
+        if desc.unit_count != -(-eh // es):
+            raise LimitError(f"edge map of height {eh} in stripes of {es} rows cannot have {desc.unit_count} units")
     elif want == "colormap":
         c = desc.colormap
         if not (1 <= c.grid_width <= limits.MAX_GRID_SIDE and 1 <= c.grid_height <= limits.MAX_GRID_SIDE):

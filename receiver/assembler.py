@@ -55,7 +55,7 @@ from layercast.common.registry import decode_layer
 from layercast.common.replay import KeyRing, ReplayStore, ReplayWindow, as_keyring
 from layercast.common.types import DEFAULT_ORDER, LayerKind, LayerSet
 from layercast.proto import pb
-from layercast.proto.framing import collect_units, decode_packet, unbundle, wire_shares
+from layercast.proto.framing import collect_units, decode_packet, edge_geometry, unbundle, wire_shares
 from layercast.receiver.events import (
     Event,
     ImageReady,
@@ -691,7 +691,7 @@ def _guess_header(img: _Image) -> pb.ImageHeader:
             continue
         params = L.desc.WhichOneof("params")
         if params == "edges":
-            w, h = L.desc.edges.width, L.desc.edges.height
+            w, h, _rows = edge_geometry(L.desc.edges)
         elif params == "pose":
             w, h = L.desc.pose.width, L.desc.pose.height
         elif params == "colormap":

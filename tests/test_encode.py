@@ -58,7 +58,8 @@ def test_one_stripe_codes_the_same_edges_in_fewer_bytes() -> None:
     whole = encode_image(busy(seed=4), Prompt("a"), options=EncodeOptions(stripe_rows=0, **opts))  # type: ignore[arg-type]
     s, w = striped.image.layer("structure"), whole.image.layer("structure")
     assert s is not None and w is not None and striped.rung == whole.rung
-    assert len(s.units) > 1 and len(w.units) == 1 and w.descriptor.edges.stripe_rows == w.descriptor.edges.height
+    _w, height, rows = framing.edge_geometry(w.descriptor.edges)
+    assert len(s.units) > 1 and len(w.units) == 1 and rows == height
     assert w.nbytes < s.nbytes
     a, b = layerset_from_image(striped.image).structure, layerset_from_image(whole.image).structure
     assert np.array_equal(a.edges, b.edges)  # type: ignore[union-attr]
@@ -142,7 +143,10 @@ def test_every_shared_aigi_image_fits_0_02_bpp_and_decodes() -> None:
 
 
 def test_negative_prompt_gives_way_to_structure_and_texture() -> None:
-    negative = "lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality"
+    negative = (
+        "lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality, "
+        "jpeg artifacts, blurry"
+    )
     tight = encode_image(scene(256, 256), Prompt("bird", negative))  # 163-byte budget
     assert tight.fits and tight.negative_dropped
     assert [c.as_dict() for c in tight.prompt_cuts] == [{"step": "negative", "chars_removed": len(negative)}]

@@ -197,6 +197,18 @@ def test_absurd_image_size(w: int, h: int) -> None:
         framing.decode_packet(framing.encode_packet(p))
 
 
+def test_edge_descriptor_short_forms() -> None:
+    """height 0 = the width, stripe_rows 0 = 32 rows: the unit count is checked against the resolved values."""
+    p = framing.packetize(_image(units=[b"a"] * 4))[1]
+    p.layer.edges.width, p.layer.edges.height, p.layer.edges.stripe_rows = 100, 0, 0
+    p.layer.unit_count = 4  # 100 rows in stripes of 32
+    assert framing.decode_packet(framing.encode_packet(p)).layer.edges.height == 0
+    assert framing.edge_geometry(p.layer.edges) == (100, 100, 32)
+    p.layer.unit_count = 5
+    with pytest.raises(LimitError, match="height 100 in stripes of 32 rows cannot have 5 units"):
+        framing.decode_packet(framing.encode_packet(p))
+
+
 def test_absurd_edge_descriptor() -> None:
     p = framing.packetize(_image(units=[b"a"]))[1]
     assert p.kind == pb.LAYER_KIND_STRUCTURE_EDGES

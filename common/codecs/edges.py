@@ -92,6 +92,7 @@ from layercast.common.errors import CodecError, InputError, ModelError
 from layercast.common.registry import EDGES_CTX, LayerCodec, register
 from layercast.common.types import EdgeMap, EncodedLayer, LayerKind
 from layercast.proto import pb
+from layercast.proto.framing import EDGE_STRIPE_ROWS_DEFAULT, edge_geometry
 
 DEFAULT_STRIPE_ROWS = 16
 """Rows per stripe (unit) unless the caller (rate control) picks another height."""
@@ -1335,7 +1336,8 @@ class EdgesCtxCodec(LayerCodec):
         default True; False = model version 0, no prior), model_version (one of MODEL_VERSIONS; default
         GROUP_VERSION, the mixing coder in context groups; MIX_VERSION with independent stripes;
         LEGACY_VERSION codes as earlier builds did), stripe_group (version 4 only: stripes per context
-        group, default DEFAULT_STRIPE_GROUP; 1 = independent stripes)."""
+        group, default DEFAULT_STRIPE_GROUP; 1 = independent stripes). The descriptor uses the short forms of
+        `proto.framing.edge_geometry` where they apply: height 0 for a square map, stripe_rows 0 for 32 rows."""
         unknown = set(options) - {"stripe_rows", "source", "prior", "model_version", "stripe_group"}
         if unknown:
             raise InputError(
@@ -1366,10 +1368,10 @@ class EdgesCtxCodec(LayerCodec):
         desc = pb.LayerDescriptor(
             codec=self.codec_id,
             unit_count=count,
-            edges=pb.EdgeParams(
+            edges=pb.EdgeParams(  # short forms (proto.framing.edge_geometry): height 0 = width, stripe_rows 0 = 32
                 width=w,
-                height=h,
-                stripe_rows=stripe_rows,
+                height=0 if h == w else h,
+                stripe_rows=0 if stripe_rows == EDGE_STRIPE_ROWS_DEFAULT else stripe_rows,
                 source=cast(pb.EdgeSource, source),
                 model_version=version,
                 stripe_group=0 if version != GROUP_VERSION or group == DEFAULT_STRIPE_GROUP else group,
@@ -1382,7 +1384,7 @@ class EdgesCtxCodec(LayerCodec):
         if descriptor.codec != self.codec_id or descriptor.WhichOneof("params") != "edges":
             raise CodecError("layer descriptor is not an edges-ctx descriptor (codec 3 with edge params)")
         p = descriptor.edges
-        w, h, s = int(p.width), int(p.height), int(p.stripe_rows)
+        w, h, s = edge_geometry(p)
         if not (1 <= w <= limits.MAX_EDGE_SIDE and 1 <= h <= limits.MAX_EDGE_SIDE):
             raise CodecError(f"edge map size {w}x{h} is outside 1..{limits.MAX_EDGE_SIDE}")
         if not 1 <= s <= limits.MAX_EDGE_SIDE:
