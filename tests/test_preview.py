@@ -112,7 +112,7 @@ def test_sketch_draws_lines_and_clean_does_not() -> None:
     # correction darkens where edges are dense, most at the crossing: busy areas are darker in sRGB than
     # their linear-light cell means say; it also desaturates a little near edges and shrinks colours a
     # little towards the AIGI mean), while the sketch's lines are 20+ levels darker
-    assert (luma(base) - luma(clean)).max() < 10 and (luma(clean) - luma(base)).max() < 3
+    assert (luma(base) - luma(clean)).max() < 12 and (luma(clean) - luma(base)).max() < 3
     assert np.abs(clean[:12, :36].astype(int) - base[:12, :36].astype(int)).max() <= 12
     on_lines = (luma(base) - luma(sketch)) > 20
     assert on_lines[:, 46:50].any(axis=1).all() and on_lines[20:23, :].any(axis=0).all()  # both lines, whole
