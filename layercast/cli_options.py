@@ -164,7 +164,7 @@ def add_decoder_options(p: argparse.ArgumentParser) -> None:
         default="clean",
         help="how the preview decoder shows the edges: clean (default; colour only, the edges are its"
         " boundaries), sketch (the edges also drawn as dark lines) or fast (the colormap upsampled plainly, no"
-        " lines: ~10x faster, for receivers of many images per second); a stage with edges but no colour always"
+        " lines: ~20x faster, for receivers of many images per second); a stage with edges but no colour always"
         " draws them",
     )
     p.add_argument(
