@@ -338,6 +338,7 @@ class ReceiveSession:
         self._layer_batch: asyncio.Future[list[tuple[Any, BaseException | None]]] | None = None
         self._layers_idle: asyncio.Event | None = None
         self._layers_out: dict[tuple[str, int], int] = {}  # per image: layers handed out, not yet back
+        self._layers_out_limit = max(1, self.assembler.max_images // 2)  # readers wait above it
         self._t0 = 0.0
         self.last_activity = 0.0
         self._closed = False
@@ -438,6 +439,8 @@ class ReceiveSession:
         try:
             await transport.open()
             while True:
+                if len(self._layers_out) >= self._layers_out_limit:
+                    await self._layer_backpressure()
                 try:
                     if recv_message is not None:  # MQTT: the topic names each message's camera; ack once done
                         msg = await recv_message(timeout=3600.0)
@@ -687,6 +690,16 @@ class ReceiveSession:
             now = loop.time()
             self._handle(self.assembler.handle_timer(now), now)
             self._pump_layers()
+
+    async def _layer_backpressure(self) -> None:
+        """Hold a reader while half the assembler's open-image slots wait on the layer worker: the link's own
+        flow control then paces the sender, where reading on would push out (finish) the oldest open images,
+        whose layers would then be decoded on the event loop."""
+        while len(self._layers_out) >= self._layers_out_limit and not self._closed:
+            batch = self._layer_batch
+            if batch is None:
+                return
+            await asyncio.wait([batch])  # its done callback (_layers_decoded) has run by then: re-check
 
     def _pump_layers(self) -> None:
         """Send the layers the assembler left to decode to the worker thread: one batch in flight at a

@@ -166,3 +166,36 @@ async def test_layer_worker_outputs_equal_the_sequential_path(tmp_path: Path) ->
     assert rgb_a.keys() == rgb_b.keys() and all(np.array_equal(rgb_a[k], rgb_b[k]) for k in rgb_a)
     assert {k: v[:2] for k, v in ready_a.items()} == {k: v[:2] for k, v in ready_b.items()}
     assert layers_a == layers_b
+
+
+async def test_a_flood_past_the_open_image_limit_waits_for_the_layer_worker(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """More images than the assembler holds open, sent unpaced while layer decodes are slow: readers wait
+    for the layer worker instead of pushing out images whose layers are still decoding, so no layer is
+    decoded on the event loop's thread, and every image is complete."""
+    import threading
+
+    real_run = LayerDecodeJob.run
+    threads: list[str] = []
+
+    def slow_run(self: LayerDecodeJob) -> Any:
+        threads.append(threading.current_thread().name)
+        time.sleep(0.002)
+        return real_run(self)
+
+    monkeypatch.setattr(LayerDecodeJob, "run", slow_run)
+    samples = [r.image for r in encoded_samples()]
+    n = 24
+    a, b = memory_pair()
+    rx = ReceiveSession(b, decoder=PreviewDecoder("fast"), out_dir=tmp_path, assembler_options={"max_images": 4})
+    async with rx:
+        async with SendSession(a, profile="webrtc", stream_id=7) as tx:
+            for i in range(n):
+                await tx.send_image(samples[i % len(samples)])
+        await rx.run(until_closed=True)
+    assert rx.summary.images == rx.summary.complete == n and rx.summary.rejected == 0
+    # on the loop: at most the layers of the last 2 images, out when the input ended (decoded in place, so the
+    # worker's copy is one more); reading on, without waiting, decodes ~half the layers twice (71 of 143)
+    on_loop = sum(t == threading.main_thread().name for t in threads)
+    assert on_loop <= 6 and len(threads) <= 3 * n + on_loop, (on_loop, len(threads))
