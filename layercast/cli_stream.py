@@ -730,14 +730,14 @@ async def _receive(args: argparse.Namespace) -> int:
         if view is not None:
             url = await stack.enter_async_context(view.serve(args.web_host, args.web))
             listening = f"live view on {url}; " + listening
-        if listening:  # stderr, also with --json (stdout carries the JSON)
-            print(f"layercast: {listening} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         stop = asyncio.Event()
         if scheme != "file":  # a service: SIGTERM/SIGINT stop it cleanly, with its summary printed
             import signal
 
             for sig in (signal.SIGTERM, signal.SIGINT):
                 asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        if listening:  # stderr, also with --json (stdout carries the JSON); once a signal stops it cleanly
+            print(f"layercast: {listening} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         summary = await rx.run(count=args.count, idle_timeout=args.idle_timeout, until_closed=until_closed, stop=stop)
         if scheme == "webrtc" and args.count is not None and args.linger > 0:
             await rx.wait_transports_closed(args.linger)  # a sender may still be draining repairs

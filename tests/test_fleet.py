@@ -109,6 +109,9 @@ def test_fleet_survives_broker_restart_and_worker_sigkill(tmp_path: Path) -> Non
         time.sleep(1.0)
         workers[0].start()
         wait_for(lambda: total() >= expected, 150, f"all {expected} images", diag)
+        # the restarted worker may still be starting (imports, models) when the other one has finished
+        # everything: SIGTERM it once it says it is subscribed (its signal handlers are in place by then)
+        wait_for(lambda: workers[0].stderr().count("subscribed to") >= 2, 60, "worker1 subscribed again", diag)
         for proc in cameras.values():
             assert proc.terminate() == 0, proc.stderr()[-2000:]
         for w in workers:
