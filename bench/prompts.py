@@ -86,13 +86,7 @@ def measure(prompts: Sequence[str], model: prompt_mix.MixModel | None = None, ti
         tot["zstd19"] += len(zstd.compress(raw))
     n = len(prompts)
     return {
-        "count": n,
-        "mean_chars": tot["chars"] / n if n else 0.0,
-        "totals": tot,
-        "ratio_brotli11": tot["ours"] / tot["brotli11"] if tot["brotli11"] else None,
-        "ratio_zstd19": tot["ours"] / tot["zstd19"] if tot["zstd19"] else None,
-        "worst_over_raw": worst if n else 0,
-        "model_worst_over_raw": model_worst if n else 0,
+        **_row(tot, n, worst if n else 0, model_worst if n else 0),
         "model_share": ctx_count / n if n else 0.0,
         "encode_ms": 1e3 * enc_s / n if n else 0.0,
         "decode_ms": 1e3 * dec_s / n if n and timing else None,
@@ -187,18 +181,27 @@ def run(
     }
 
 
-def _sum_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    tot = {k: sum(r["totals"][k] for r in rows) for k in ("raw", "ours", "brotli11", "zstd19", "payload", "chars")}
-    n = sum(r["count"] for r in rows)
+def _row(tot: dict[str, int], n: int, worst: int, model_worst: int) -> dict[str, Any]:
+    """A table row from byte totals over `n` prompts and the worst single-prompt excesses over raw."""
     return {
         "count": n,
         "mean_chars": tot["chars"] / n if n else 0.0,
         "totals": tot,
         "ratio_brotli11": tot["ours"] / tot["brotli11"] if tot["brotli11"] else None,
         "ratio_zstd19": tot["ours"] / tot["zstd19"] if tot["zstd19"] else None,
-        "worst_over_raw": max((r["worst_over_raw"] for r in rows), default=0),
-        "model_worst_over_raw": max((r["model_worst_over_raw"] for r in rows), default=0),
+        "worst_over_raw": worst,
+        "model_worst_over_raw": model_worst,
     }
+
+
+def _sum_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    tot = {k: sum(r["totals"][k] for r in rows) for k in ("raw", "ours", "brotli11", "zstd19", "payload", "chars")}
+    return _row(
+        tot,
+        sum(r["count"] for r in rows),
+        max((r["worst_over_raw"] for r in rows), default=0),
+        max((r["model_worst_over_raw"] for r in rows), default=0),
+    )
 
 
 def decode_ms(model: prompt_mix.MixModel, text: str, repeat: int = 50) -> float:
