@@ -27,9 +27,9 @@ take the mean of their non-edge 4-neighbours.
 Then a correction (`corrected`): a cell is the *linear-light* mean of its pixels, whose sRGB value is
 brighter than their sRGB mean (9 levels on average at 8 x 8 cells, more where the cell is busy), and
 unmixed pieces in dense edges are less sure than they look. A per-channel linear map of a few per-pixel
-features (the field, the bicubic field, local edge density; `correction_features`), fitted
-by least squares on the AIGI training split (tools/fit_preview_correction.py), takes the field to the
-expected sRGB. Finally the grid is upscaled bilinearly.
+features (the field, the bicubic field, local edge density, the bicubic field's gradient, the other
+channels: a colour matrix; `correction_features`), fitted by least squares on the AIGI training split
+(tools/fit_preview_correction.py), takes the field to the expected sRGB. Finally the grid is upscaled bilinearly.
 
 Two tunings (`tuning_for`): `COARSE` for the generative split's 8 x 8 colormap (sRGB, weaker edge links,
 soft means) and `FINE` for the preview target's 24-36 cells (Oklab). numpy + OpenCV only, deterministic;
@@ -78,16 +78,19 @@ COARSE_CELLS = 12
 # fmt: off
 COARSE_CORRECTION = (
     (
-        0.4081, 0.0377, -0.5729, 0.062, -1.9989, -0.2083, 2.4218, 1.0787, -1.0421, -0.1534, -0.0281, -0.3842,
-        1.4251, -1.1757, 1.0593, 0.0818, 1.5285, -1.9685, 0.1309, -0.0259,
+        0.2414, 0.2178, -0.5179, 0.0745, 0.7737, -3.0159, 1.717, 0.3033, -0.2495, -0.0941, 0.1986, 0.2519, 0.7906,
+        -1.2863, 0.9609, -0.3584, 1.9858, -2.0958, -0.0455, -0.0242, -0.575, 0.0272, 0.5975, -2.3724, 2.2865, 0.8728,
+        0.6621, -0.6482, 0.4309, -0.0443, -0.0725,
     ),
     (
-        0.2996, 1.3763, -1.2291, 0.016, -2.5941, 0.4128, 2.3308, 1.1993, -1.3646, 0.1074, 0.3827, -0.9999,
-        0.087, 0.3142, 0.6789, 0.4762, 1.3909, -2.2916, 0.1108, -0.0453,
+        0.3214, 1.3305, -1.2738, 0.0062, -1.568, -0.5103, 0.7872, 0.7798, -0.878, 0.3073, 0.2612, -0.501, -0.1145,
+        -0.1777, 1.0192, 0.2738, 1.4471, -2.1431, 0.3921, -0.1041, -0.0338, -0.0682, -0.0887, -0.8536, 0.8228, 1.3571,
+        0.6009, -0.6994, 0.3723, -0.0488, -0.1366,
     ),
     (
-        0.0111, 0.3518, -0.0802, 0.0167, -2.4452, 0.9319, 1.6998, 0.7852, -0.8492, -0.0486, 0.2736, -1.0051,
-        1.7378, 0.2601, -0.7468, 1.0822, -0.1467, -1.4512, 0.3214, -0.1423,
+        -0.4697, 0.3622, -0.1235, 0.0414, -1.3255, 1.2428, -0.4897, 0.4652, -0.7159, 0.1894, 0.5074, -0.4911, 1.118,
+        -0.1285, -0.3396, 0.8556, -0.1127, -1.259, 1.3817, -0.0724, -0.0766, -0.3878, -0.3424, -0.9616, -0.3355, 2.0418,
+        0.3517, -0.5167, 0.6687, -0.223, -0.0028,
     ),
 )
 # fmt: on
@@ -95,16 +98,19 @@ COARSE_CORRECTION = (
 # fmt: off
 FINE_CORRECTION = (
     (
-        0.5844, 1.128, -2.6285, 0.0392, -0.6226, 1.9211, -1.3076, -0.0853, -0.2026, 0.0219, 0.0605, 1.0326,
-        -1.4924, -3.0814, 5.3452, 0.5163, -1.4176, 1.129, 0.1007, -0.1206,
+        0.6911, 1.1565, -2.7047, 0.0322, -2.0591, 4.2261, -3.3246, 0.281, -0.609, 0.3015, 0.0708, 1.1796, -1.7651,
+        -2.9555, 5.2862, 0.6952, -1.6961, 1.3645, -0.1002, -0.0714, -0.1178, 0.0183, 0.2397, 1.2478, -2.0304, 1.7659,
+        -0.1846, -0.172, 0.43, -0.0405, 0.0068,
     ),
     (
-        0.7104, 1.0059, -2.5929, 0.0055, -0.6917, 2.2153, -1.3798, -0.1557, -0.0769, 0.045, 0.0164, 1.208,
-        -1.8021, -3.1026, 5.5731, 0.7761, -2.0972, 1.3331, 0.1564, -0.1741,
+        0.7153, 1.1526, -2.6711, 0.0023, -1.5677, 3.2782, -1.9624, 0.092, -0.2622, 0.1548, -0.0147, 1.3693, -2.0249,
+        -3.1478, 5.6468, 0.8662, -2.2334, 1.3773, 0.2032, -0.204, -0.0175, 0.0047, -0.0109, 0.7828, -0.936, 0.5252,
+        -0.1455, -0.1099, 0.08, -0.0268, -0.0222,
     ),
     (
-        0.1448, 1.3741, -2.0984, 0.0173, -1.3228, 2.3106, -1.3787, -0.1418, 0.0376, -0.0759, 0.0865, 0.462,
-        -0.4572, -2.2341, 3.7294, 1.3807, -2.3975, 1.5075, 0.3581, -0.4033,
+        0.1512, 1.6266, -2.2954, 0.0269, -1.8994, 1.8623, -0.3602, 0.0578, 0.1705, -0.3037, 0.0481, 0.6855, -0.9119,
+        -2.2994, 3.9541, 1.4621, -2.3796, 1.4105, 0.3324, -0.3571, -0.0208, 0.0447, -0.0023, 0.5631, 0.4017, -0.9451,
+        -0.2374, -0.2385, 0.2486, -0.0562, 0.0065,
     ),
 )
 # fmt: on
@@ -338,7 +344,9 @@ def correction_features(field: np.ndarray, smooth: np.ndarray, edge: np.ndarray)
     """The correction's inputs on the work grid, each (rows, cols, 3) float32 (each channel has its own
     coefficients): the sRGB field f, its square and cube, 1; f times and beside the edge density D
     at `DENSITY_RADII`; the bicubic sRGB field b, b^2, f b, f b^2, f^2 b, b times D; the channel mean m of f
-    and m f.
+    and m f; then the other two channels of b (channel c + 1 and c + 2) and channel c + 1 of f (with f and
+    m: a colour matrix on f; channel c + 2 would repeat them); D f^2 and D^2 per radius; the gradient
+    magnitude g of b's channel mean (3 x 3 Sobel) and g f.
     Nothing that follows single lines (the edge mask, distance to an edge): on AIGIs those fit the
     darkness of outlines, so they would draw soft sketch lines, which the clean preview must not show."""
     import cv2
@@ -357,7 +365,29 @@ def correction_features(field: np.ndarray, smooth: np.ndarray, edge: np.ndarray)
     feats += [b, b * b, f * b, f * b * b, f * f * b] + [b * d for d in dens]
     m = plane(f.mean(axis=2))
     feats += [m, m * f]
+    feats += [b[:, :, _NEXT], b[:, :, _AFTER], f[:, :, _NEXT]]
+    feats += [d * f * f for d in dens] + [d * d for d in dens]
+    g = plane(_gradient(b))
+    feats += [g, g * f]
     return feats
+
+
+_NEXT = [1, 2, 0]
+"""Channel c + 1 (mod 3) for each channel c."""
+_AFTER = [2, 0, 1]
+"""Channel c + 2 (mod 3) for each channel c."""
+CORRECTION_TERMS = 4 + 2 * len(DENSITY_RADII) + 5 + len(DENSITY_RADII) + 2 + 3 + 2 * len(DENSITY_RADII) + 2
+"""Number of `correction_features` (coefficients per channel of a `Tuning.correction`)."""
+
+
+def _gradient(smooth: np.ndarray) -> np.ndarray:
+    """Gradient magnitude (3 x 3 Sobel) of the channel mean of the bicubic field, (rows, cols) float32."""
+    import cv2
+
+    mean = np.ascontiguousarray(smooth.mean(axis=2), dtype=np.float32)
+    gx = cv2.Sobel(mean, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(mean, cv2.CV_32F, 0, 1)
+    return np.asarray(cv2.magnitude(gx, gy))
 
 
 def corrected(
@@ -368,9 +398,8 @@ def corrected(
     import cv2
 
     w = np.asarray(coefficients, np.float32)
-    n = 4 + 3 * len(DENSITY_RADII) + 5 + 2
-    if w.shape != (3, n):
-        raise ValueError(f"correction coefficients of shape {w.shape}, need (3, {n})")
+    if w.shape != (3, CORRECTION_TERMS):
+        raise ValueError(f"correction coefficients of shape {w.shape}, need (3, {CORRECTION_TERMS})")
     f = field.astype(np.float32, copy=False)
     b = smooth.astype(np.float32, copy=False)
     e = edge.astype(np.float32)
@@ -380,14 +409,20 @@ def corrected(
     b_at = 4 + 2 * nd  # b, b^2, f b, f b^2, f^2 b (then b D per radius)
     out += b * (w[:, b_at] + w[:, b_at + 1] * b)
     f_coef += b * (w[:, b_at + 2] + w[:, b_at + 3] * b + w[:, b_at + 4] * f)
+    m_at = b_at + 5 + nd  # m, m f
+    x_at = m_at + 2  # b of channels c + 1, c + 2; f of channel c + 1
+    d_at = x_at + 3  # D f^2 per radius, then D^2 per radius
     for i, r in enumerate(DENSITY_RADII):
         d = cv2.GaussianBlur(e, (0, 0), r)[:, :, None]
-        f_coef += w[:, 4 + i] * d
-        out += d * (w[:, 4 + nd + i] + w[:, b_at + 5 + i] * b)
+        f_coef += d * (w[:, 4 + i] + w[:, d_at + i] * f)
+        out += d * (w[:, 4 + nd + i] + w[:, b_at + 5 + i] * b + w[:, d_at + nd + i] * d)
     m = f.mean(axis=2, keepdims=True)
-    m_at = b_at + 5 + nd
     out += w[:, m_at] * m
     f_coef += w[:, m_at + 1] * m
+    out += w[:, x_at] * b[:, :, _NEXT] + w[:, x_at + 1] * b[:, :, _AFTER]
+    out += w[:, x_at + 2] * f[:, :, _NEXT]
+    g = _gradient(b)[:, :, None]
+    out += g * (w[:, d_at + 2 * nd] + w[:, d_at + 2 * nd + 1] * f)
     out += f_coef * f
     return out
 
