@@ -237,24 +237,32 @@ def run(
     }
 
 
+def _split_stats(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sizes, quality and timings over the encodes of one split (rows of the default split, or their
+    "preview_target" entries)."""
+    return {
+        "all_fit": all(t["fits"] for t in items),
+        "max_bytes": max(t["total_bytes"] for t in items),
+        "mean_bytes": statistics.mean(t["total_bytes"] for t in items),
+        "mean_bpp": statistics.mean(bpp(t["total_bytes"], SIDE, SIDE) for t in items),
+        "median_encode_ms": statistics.median(t["encode_ms"] for t in items),
+        "median_decode_ms": statistics.median(t["decode_ms"] for t in items),
+        "mean_psnr": statistics.mean(t["psnr"] for t in items),
+        "mean_ssim": statistics.mean(t["ssim"] for t in items),
+        "mean_layer_bytes": {
+            fam: statistics.mean(t["layer_bytes"].get(fam, 0) for t in items)
+            for fam in ("semantic", "structure", "texture")
+        },
+    }
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians and means over rows, per method."""
     if not rows:
         return {}
     s: dict[str, Any] = {
         "images": len(rows),
-        "all_fit": all(r["fits"] for r in rows),
-        "max_bytes": max(r["total_bytes"] for r in rows),
-        "mean_bytes": statistics.mean(r["total_bytes"] for r in rows),
-        "mean_bpp": statistics.mean(r["bpp"] for r in rows),
-        "median_encode_ms": statistics.median(r["encode_ms"] for r in rows),
-        "median_decode_ms": statistics.median(r["decode_ms"] for r in rows),
-        "mean_psnr": statistics.mean(r["psnr"] for r in rows),
-        "mean_ssim": statistics.mean(r["ssim"] for r in rows),
-        "mean_layer_bytes": {
-            fam: statistics.mean(r["layer_bytes"].get(fam, 0) for r in rows)
-            for fam in ("semantic", "structure", "texture")
-        },
+        **_split_stats(rows),
         "variants": {
             name: {
                 "mean_psnr": statistics.mean(r["variants"][name]["psnr"] for r in rows),
@@ -269,18 +277,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     targeted = [r["preview_target"] for r in rows if r.get("preview_target")]
     if targeted and len(targeted) == len(rows):
         s["preview_target"] = {
-            "all_fit": all(t["fits"] for t in targeted),
-            "max_bytes": max(t["total_bytes"] for t in targeted),
-            "mean_bytes": statistics.mean(t["total_bytes"] for t in targeted),
-            "mean_bpp": statistics.mean(bpp(t["total_bytes"], SIDE, SIDE) for t in targeted),
-            "mean_psnr": statistics.mean(t["psnr"] for t in targeted),
-            "mean_ssim": statistics.mean(t["ssim"] for t in targeted),
-            "median_encode_ms": statistics.median(t["encode_ms"] for t in targeted),
-            "median_decode_ms": statistics.median(t["decode_ms"] for t in targeted),
-            "mean_layer_bytes": {
-                fam: statistics.mean(t["layer_bytes"].get(fam, 0) for t in targeted)
-                for fam in ("semantic", "structure", "texture")
-            },
+            **_split_stats(targeted),
             "mean_texture_cells": statistics.mean(
                 t["texture_grid"][0] * t["texture_grid"][1] for t in targeted if t["texture_grid"]
             )
