@@ -28,9 +28,11 @@ LONG_SIDES = (128, 192, 256)
 DEFAULT_SIDE = 192
 """The working long side `canny_edges` uses unless rate control picks another (the bench's headline)."""
 
-CODERS = {"v4": 4, "v3": 3, "v2": 2}
-"""Coders compared: name -> EdgeParams.model_version (v4: the mixing coder in context groups of
-DEFAULT_STRIPE_GROUP stripes, the default; v3: the mixing coder, independent stripes; v2: counts-only)."""
+CODERS: dict[str, tuple[int, int | None]] = {"v4": (4, None), "v4 whole": (4, 0), "v3": (3, None), "v2": (2, None)}
+"""Coders compared: name -> (EdgeParams.model_version, stripe rows: None = the run's, 0 = the whole map in one
+stripe). v4: the mixing coder in context groups of DEFAULT_STRIPE_GROUP stripes, the default; "v4 whole":
+v4 in one stripe, as a sender codes a map whose structure layer travels in one packet (the `webrtc` and
+`mqtt` profiles; `SendSession.encode_file`); v3: the mixing coder, independent stripes; v2: counts-only."""
 
 
 def jbig85_bytes(bits: np.ndarray) -> int | None:
@@ -84,7 +86,7 @@ def run(
     aigi_dir: Path,
     long_sides: tuple[int, ...] = LONG_SIDES,
     stripe_rows: int | None = None,
-    coders: dict[str, int] | None = None,
+    coders: dict[str, tuple[int, int | None]] | None = None,
 ) -> dict[str, Any]:
     """Sizes and timings per long side and coder on the held-out images of `aigi_dir` (each map round-trip
     checked). `stripe_rows` None: the encoder's default."""
@@ -114,14 +116,15 @@ def run(
             "edge_density": edge_px / pixels if pixels else 0.0,
             "coders": {},
         }
-        for coder, version in coders.items():
+        for coder, (version, coder_rows) in coders.items():
             payload = stream = bundled = 0
             enc_ms: list[float] = []
             dec_ms: list[float] = []
             codec.compress(EdgeMap(maps[0][1]), stripe_rows=rows, model_version=version)  # load + compile
             for name, bits in maps:
+                stripe = rows if coder_rows is None else coder_rows or bits.shape[0]
                 t0 = time.perf_counter()
-                layer = codec.compress(EdgeMap(bits), stripe_rows=rows, model_version=version)
+                layer = codec.compress(EdgeMap(bits), stripe_rows=stripe, model_version=version)
                 t1 = time.perf_counter()
                 back = codec.decompress(layer.descriptor, layer.units)
                 t2 = time.perf_counter()
@@ -134,6 +137,7 @@ def run(
                 bundled += stream_bytes(layer, bundle=True)
             row["coders"][coder] = {
                 "model_version": version,
+                "stripe_rows": rows if coder_rows is None else coder_rows,
                 "payload_bytes": payload,
                 "stream_bytes": stream,
                 "bundled_stream_bytes": bundled,
@@ -166,15 +170,16 @@ def format_table(result: dict[str, Any]) -> str:
         "prefixes, stripes) vs complete JBIG85 files (pbmtojbg85, 20-byte header included) and 1-bit PNGs;",
         "'bnd/JBIG' = the same with layers sharing one packet (MQTT/WebRTC links); 'payload' = the stripes' bytes",
         "alone; ms = median per map (numba if installed). v4 = the mixing coder in groups of 2 stripes (default),",
+        "'v4 whole' = v4 in one stripe (a webrtc/mqtt sender's map when its layer travels in one packet),",
         "v3 = the mixing coder with independent stripes, v2 = the counts-only coder before it.",
-        f"{'side':>5} {'coder':>5} {'stream B':>8} {'JBIG85 B':>8} {'str/JBIG':>8} {'bnd/JBIG':>8} "
+        f"{'side':>5} {'coder':>8} {'stream B':>8} {'JBIG85 B':>8} {'str/JBIG':>8} {'bnd/JBIG':>8} "
         f"{'payload':>8} {'pay/JBIG':>8} {'str/PNG':>7} {'bits/edge':>9} {'enc ms':>6} {'dec ms':>6}",
     ]
     for side, r in result["long_sides"].items():
         for coder, c in r["coders"].items():
             mark = "*" if int(side) == DEFAULT_SIDE else " "
             lines.append(
-                f"{side:>4}{mark} {coder:>5} {c['stream_bytes']:>8} {fmt(r['jbig85_bytes'], 'd'):>8} "
+                f"{side:>4}{mark} {coder:>8} {c['stream_bytes']:>8} {fmt(r['jbig85_bytes'], 'd'):>8} "
                 f"{fmt(c['ratio_jbig85'], '.3f'):>8} {fmt(c['bundled_ratio_jbig85'], '.3f'):>8} "
                 f"{c['payload_bytes']:>8} {fmt(c['payload_ratio_jbig85'], '.3f'):>8} "
                 f"{fmt(c['ratio_png'], '.3f'):>7} {fmt(c['bits_per_edge_pixel'], '.2f'):>9} "

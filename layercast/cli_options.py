@@ -95,7 +95,7 @@ def add_encode_options(p: argparse.ArgumentParser, *, resize: tuple[int, int] | 
         type=int,
         metavar="N",
         help="edge-map rows per independently decodable stripe, what one lost packet costs (default 32; 0 = one"
-        " stripe, ~5%% fewer structure bytes; send uses 0 when its packets ride a class that loses nothing)",
+        " stripe, ~5%% fewer structure bytes; send uses 0 when the structure layer travels in one packet)",
     )
     g.add_argument(
         "--target",

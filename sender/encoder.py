@@ -51,7 +51,7 @@ class Encoder:
     (:func:`layercast.sender.prompt_source.load_prompts`). `sidecars`: read `IMAGE.txt` beside image files.
     `caption_model`: a local captioning model folder (or cached repo id) run on images with no prompt.
     `hed_weights` / `pose_model`: for ``options.structure`` "hed" / "pose". `auto_stripes`: let a sender code
-    an image that travels as one packet with one edge stripe (see SendSession.encode_file).
+    an image whose structure layer travels in one packet with one edge stripe (see SendSession.encode_file).
     """
 
     options: EncodeOptions = field(default_factory=EncodeOptions)

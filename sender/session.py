@@ -269,10 +269,12 @@ class SendSession:
         finally:
             await self.transport.close()
 
-    def travels_whole(self, encoded: EncodedImage) -> bool:
-        """True when this session sends `encoded` as one bundled packet: none of its layers, nor a stripe
-        of one, can then be lost alone (what `send_paths` checks before coding the edge map in one stripe)."""
-        if not self.bundle:
+    def edges_travel_whole(self, encoded: EncodedImage) -> bool:
+        """True when no stripe of `encoded`'s edge map can be lost alone on this session's link: the
+        structure layer rides in one data packet (a bundle, or one fragment of its own). False on a link
+        without an MTU (a file keeps the stripes `layercast encode` writes: it may be sent on later over a
+        link that cuts it finer). What `encode_file` checks before coding the edge map in one stripe."""
+        if self.profile.mtu is None:
             return False
         packets = framing.packetize(
             encoded,
@@ -280,9 +282,11 @@ class SendSession:
             order=self.order,
             header_every_layer=self.profile.header_every_layer,
             keyed=self.key is not None,
-            bundle=bundle_families(self.fec, self.order),
+            bundle=bundle_families(self.fec, self.order) if self.bundle else (),
         )
-        return len(packets) == 1 and len(packets[0].bundle) == len(encoded.layers)
+        edges = pb.CODEC_ID_EDGES_CTX
+        carrying = [p for p in packets if p.layer.codec == edges or any(d.codec == edges for d in p.bundle)]
+        return len(carrying) == 1
 
     def _next_sequence(self) -> int:
         self._sequence += 1
@@ -348,16 +352,16 @@ class SendSession:
         The byte budget counts every byte the packets carry, the image id's varint included: `image_id` is
         the id the image will be sent with (None: the session's next id; a spool passes the id it gives).
 
-        With `encoder.auto_stripes` (no explicit stripe count), an image that travels as one bundled packet
-        is coded with one edge stripe: stripes exist so a lost packet costs one stripe; where the image
-        travels whole they only cost bytes (~5% of the structure). Encoder warnings (an empty prompt) are
-        logged.
+        With `encoder.auto_stripes` (no explicit stripe count), an image whose structure layer travels in one
+        packet (bundled, or one fragment of its own: `edges_travel_whole`) is coded with one edge stripe:
+        stripes exist so a lost packet costs one stripe; where the layer travels whole they only cost bytes
+        (~5% of the structure). Encoder warnings (an empty prompt) are logged.
         """
         iid = self.next_image_id if image_id is None else image_id
         result = None
-        if encoder.auto_stripes and self.bundle:
+        if encoder.auto_stripes and self.profile.mtu is not None:
             whole = encoder.with_options(stripe_rows=0).encode(path, stream_id=self.stream_id, image_id=iid)
-            if self.travels_whole(whole.image):
+            if self.edges_travel_whole(whole.image):
                 result = whole
         if result is None:
             result = encoder.encode(path, stream_id=self.stream_id, image_id=iid)

@@ -190,9 +190,10 @@ def test_a_session_bundles_only_onto_a_class_that_loses_nothing() -> None:
     assert SendSession(a, profile="mqtt", link_model=LinkModel(delay_s=0.3)).bundle
 
 
-async def test_send_paths_codes_one_stripe_only_for_images_that_travel_whole(tmp_path: Path) -> None:
-    """An image that fits one bundle is coded with one edge stripe; one too big for the MTU keeps its
-    stripes (its structure travels in fragments that can be lost alone); --stripe-rows overrides."""
+async def test_send_paths_codes_one_stripe_only_where_the_structure_travels_whole(tmp_path: Path) -> None:
+    """An image whose structure layer rides in one packet (one bundle, or one fragment of its own) is coded
+    with one edge stripe; one too big for the MTU keeps its stripes (its structure travels in fragments that
+    can be lost alone), and so does a file (it may be sent on later); --stripe-rows overrides."""
     from PIL import Image
 
     from layercast.cli import build_parser
@@ -215,4 +216,7 @@ async def test_send_paths_codes_one_stripe_only_for_images_that_travel_whole(tmp
     units, packets = await structure_units("--max-bytes", "4000")
     assert units > 1 and packets > 1  # too big for one bundle: the structure travels in stripes
     assert (await structure_units("--stripe-rows", "32"))[0] > 1
-    assert (await structure_units(profile="webrtc"))[0] > 1  # a packet per layer: stripes kept
+    assert await structure_units(profile="webrtc") == (1, 4)  # a packet per layer, the structure in one
+    assert (await structure_units("--max-bytes", "4000", profile="webrtc"))[0] > 1  # in fragments: stripes
+    assert (await structure_units(profile="sbd"))[0] > 1  # 340-byte messages: the structure in fragments
+    assert (await structure_units(profile="file"))[0] > 1  # a file keeps its stripes

@@ -701,3 +701,18 @@ def test_mixing_coder_beats_counts_coder_on_held_out_maps() -> None:
             v2 += CODEC.compress(EdgeMap(bits), stripe_rows=32, model_version=2).nbytes
             v3 += CODEC.compress(EdgeMap(bits), stripe_rows=32).nbytes
         assert v3 <= 0.99 * v2, (side, v3, v2)
+
+
+@pytest.mark.timeout(120)
+def test_edge_bench_counts_the_one_stripe_map_a_sender_codes() -> None:
+    """The bench's "v4 whole" row is the map in one stripe, as a sender codes a structure layer that travels
+    in one packet: fewer bytes than the 32-row stripes of `layercast encode`, every map round-tripped."""
+    from conftest import shared_data
+
+    from layercast.bench import edges as bench
+
+    result = bench.run(shared_data() / "aigi", long_sides=(96,), coders={"v4": (4, None), "v4 whole": (4, 0)})
+    coders = result["long_sides"][96]["coders"]
+    striped, whole = coders["v4"], coders["v4 whole"]
+    assert striped["stripe_rows"] == 32 and whole["stripe_rows"] == 0
+    assert whole["payload_bytes"] < striped["payload_bytes"] and whole["stream_bytes"] < striped["stream_bytes"]
