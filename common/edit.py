@@ -18,6 +18,7 @@ from layercast.common import colormap_edit
 from layercast.common.errors import EditError
 from layercast.common.registry import get_codec
 from layercast.common.types import Colormap, EdgeMap, EncodedImage, EncodedLayer, LayerKind, PoseLayer, Prompt
+from layercast.proto import pb
 from layercast.proto.framing import edge_geometry
 
 TRANSFORMS = ("flip-h", "flip-v", "rotate90", "rotate180", "rotate270", "crop", "scale")
@@ -56,8 +57,19 @@ def _reencode(layer: EncodedLayer, value: object) -> EncodedLayer:
     if layer.kind == LayerKind.TEXTURE:
         return codec.compress(value, quality=d.colormap.quality)
     if layer.kind == LayerKind.STRUCTURE_EDGES:
-        return codec.compress(value, stripe_rows=edge_geometry(d.edges)[2], source=d.edges.source)
+        return codec.compress(value, **_edge_options(d.edges))
     return codec.compress(value)
+
+
+def _edge_options(e: pb.EdgeParams) -> dict[str, int]:
+    """The edge codec options that code a map as the layer `e` describes was coded: its model version (a v2
+    or v3 layer stays one, readable by the same builds), stripe rows and stripe group, and its source.
+    stripe_rows always still fits a transformed map: at most MAX_EDGE_SIDE rows a stripe and a map, so at
+    most MAX_EDGE_SIDE (< MAX_UNITS) stripes. stripe_group 0 is the codec's default for the version."""
+    options = {"model_version": int(e.model_version), "stripe_rows": edge_geometry(e)[2], "source": int(e.source)}
+    if e.stripe_group:
+        options["stripe_group"] = int(e.stripe_group)
+    return options
 
 
 def _reencode_within(layer: EncodedLayer, cm: Colormap) -> EncodedLayer:

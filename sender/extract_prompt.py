@@ -204,6 +204,35 @@ def _json(text: str | None) -> Any:
         return None
 
 
+def _from_fields(
+    fields: Mapping[str, Any],
+    *,
+    prompt: str,
+    negative: str,
+    source: str,
+    sampler: str = "sampler",
+    cfg: str = "cfg_scale",
+    model_hash: str = "",
+    model_name: str = "",
+) -> GenerationInfo:
+    """The generation info of a flat set of fields (InvokeAI and NovelAI JSON, the Dream options): seed,
+    steps, width and height under those names, the sampler and the CFG scale under the keys `sampler`
+    and `cfg` (their names differ between tools), each checked as every parser checks it."""
+    return GenerationInfo(
+        prompt=prompt,
+        negative=negative,
+        seed=_seed(fields.get("seed")),
+        steps=_steps(fields.get("steps")),
+        sampler=_str(fields.get(sampler)),
+        cfg_scale=_float(fields.get(cfg)),
+        width=_side(fields.get("width")),
+        height=_side(fields.get("height")),
+        model_hash=model_hash,
+        model_name=model_name,
+        source=source,
+    )
+
+
 def _unique(texts: list[str]) -> list[str]:
     out: list[str] = []
     for t in texts:
@@ -649,15 +678,11 @@ def parse_invokeai(meta: Mapping[str, str]) -> GenerationInfo | None:
             model_hash = _str(model.get("hash"))
         elif isinstance(model, str):
             model_name = model
-        return GenerationInfo(
+        return _from_fields(
+            data,
             prompt=_str(data.get("positive_prompt")),
             negative=_str(data.get("negative_prompt")),
-            seed=_seed(data.get("seed")),
-            steps=_steps(data.get("steps")),
-            sampler=_str(data.get("scheduler")),
-            cfg_scale=_float(data.get("cfg_scale")),
-            width=_side(data.get("width")),
-            height=_side(data.get("height")),
+            sampler="scheduler",
             model_hash=model_hash,
             model_name=model_name,
             source="invokeai",
@@ -669,15 +694,10 @@ def parse_invokeai(meta: Mapping[str, str]) -> GenerationInfo | None:
         if isinstance(raw, list):
             raw = " ".join(_str(p.get("prompt")) for p in raw if isinstance(p, dict))
         prompt, negative = _invoke_legacy_prompt(_str(raw))
-        return GenerationInfo(
+        return _from_fields(
+            image,
             prompt=prompt,
             negative=negative,
-            seed=_seed(image.get("seed")),
-            steps=_steps(image.get("steps")),
-            sampler=_str(image.get("sampler")),
-            cfg_scale=_float(image.get("cfg_scale")),
-            width=_side(image.get("width")),
-            height=_side(image.get("height")),
             model_hash=_str(legacy.get("model_hash")),
             model_name=_str(legacy.get("model_weights")),
             source="invokeai",
@@ -688,7 +708,7 @@ def parse_invokeai(meta: Mapping[str, str]) -> GenerationInfo | None:
 
 _DREAM_OPTS = {
     "-s": "steps", "--steps": "steps", "-S": "seed", "--seed": "seed", "-W": "width", "--width": "width",
-    "-H": "height", "--height": "height", "-C": "cfg", "--cfg_scale": "cfg", "-A": "sampler",
+    "-H": "height", "--height": "height", "-C": "cfg_scale", "--cfg_scale": "cfg_scale", "-A": "sampler",
     "--sampler": "sampler",
 }  # fmt: skip
 
@@ -718,17 +738,7 @@ def parse_dream(text: str) -> GenerationInfo | None:
     prompt, negative = _invoke_legacy_prompt(" ".join(words))
     if not prompt:
         return None
-    return GenerationInfo(
-        prompt=prompt,
-        negative=negative,
-        seed=_seed(opts.get("seed")),
-        steps=_steps(opts.get("steps")),
-        sampler=opts.get("sampler", ""),
-        cfg_scale=_float(opts.get("cfg")),
-        width=_side(opts.get("width")),
-        height=_side(opts.get("height")),
-        source="invokeai",
-    )
+    return _from_fields(opts, prompt=prompt, negative=negative, source="invokeai")
 
 
 # --- NovelAI -----------------------------------------------------------------------------------------
@@ -751,17 +761,8 @@ def parse_novelai(meta: Mapping[str, str]) -> GenerationInfo | None:
     negative = _str(c.get("uc")) or _caption(c.get("v4_negative_prompt"))
     if not prompt and not c:
         return None
-    return GenerationInfo(
-        prompt=prompt,
-        negative=negative,
-        seed=_seed(c.get("seed")),
-        steps=_steps(c.get("steps")),
-        sampler=_str(c.get("sampler")),
-        cfg_scale=_float(c.get("scale")),
-        width=_side(c.get("width")),
-        height=_side(c.get("height")),
-        model_name=_str(meta.get("Source")),
-        source="novelai",
+    return _from_fields(
+        c, prompt=prompt, negative=negative, cfg="scale", model_name=_str(meta.get("Source")), source="novelai"
     )
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
+import layercast
 from layercast.common import colormap_edit, edit
 from layercast.common.errors import EditError
+from layercast.common.registry import EDGES_CTX, get_codec
 from layercast.common.types import EdgeMap, EncodedImage, Prompt
 from layercast.proto import framing
 from layercast.receiver.layers import layerset_from_image
@@ -138,3 +142,63 @@ def test_drop_and_errors(img: EncodedImage) -> None:
         edit.transform(img, "crop", (0.5, 0.5, 0.2, 0.9))
     with pytest.raises(EditError, match="scale factor"):
         edit.transform(img, "scale", 0)
+
+
+def _with_edges(img: EncodedImage, **options: int) -> EncodedImage:
+    """`img` with its structure layer re-coded with the edge codec's `options`."""
+    layer = img.layer("structure")
+    assert layer is not None
+    value = get_codec(layer.descriptor.codec).decompress(layer.descriptor, list(layer.units))
+    assert isinstance(value, EdgeMap)
+    coded = get_codec(EDGES_CTX).compress(value, **options)
+    out = EncodedImage(header=copy.deepcopy(img.header), stream_id=img.stream_id, image_id=img.image_id)
+    out.layers.extend(coded if x.kind.family == "structure" else x for x in img.layers)
+    return out
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"model_version": 2, "stripe_rows": 16},
+        {"model_version": 3, "stripe_rows": 24},
+        {"model_version": 0, "stripe_rows": 32},
+        {"model_version": 4, "stripe_rows": 8, "stripe_group": 3},
+        {"model_version": 4, "stripe_rows": 16, "stripe_group": 1},
+        {"model_version": 4, "stripe_rows": 32},
+    ],
+    ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()),
+)
+@pytest.mark.parametrize("op", ["flip-h", "rotate90", "crop", "scale"])
+def test_transforms_keep_the_edge_layers_coding_parameters(img: EncodedImage, options: dict[str, int], op: str) -> None:
+    """A re-encoded edge layer keeps the source's model version, stripe rows and stripe group (so that
+    whoever reads the source reads the edit) and is exactly the edited map coded with them."""
+    arg = {"crop": (0.25, 0.0, 0.75, 0.5), "scale": 0.5}.get(op)
+    source = _with_edges(img, **options)
+    new = _roundtrip(edit.transform(source, op, arg).image)
+    _same_except(source, new, "structure", "texture")
+    src, got = source.layer("structure"), new.layer("structure")
+    assert src is not None and got is not None
+    moved = layerset_from_image(edit.transform(img, op, arg).image).structure  # the default-coded source's
+    assert isinstance(moved, EdgeMap)
+    want = get_codec(EDGES_CTX).compress(moved, **options)
+    assert got.descriptor == want.descriptor and list(got.units) == list(want.units)
+    for name in ("model_version", "stripe_rows", "stripe_group", "source"):
+        assert getattr(got.descriptor.edges, name) == getattr(src.descriptor.edges, name), name
+    back = layerset_from_image(new).structure
+    assert isinstance(back, EdgeMap) and np.array_equal(back.edges, moved.edges)
+    if op in _PERMUTATIONS:
+        before = layerset_from_image(source).structure
+        assert isinstance(before, EdgeMap)
+        assert np.array_equal(back.edges, _PERMUTATIONS[op](before.edges))
+
+
+def test_api_edits_keep_a_v2_edge_layer(img: EncodedImage) -> None:
+    """The same through the Python API and a stream's bytes: a v2 layer in 16-row stripes, rotated, is
+    still v2 in 16-row stripes and decodes to the rotated map."""
+    source = layercast.open(framing.images_to_container([_with_edges(img, model_version=2, stripe_rows=16)]))
+    turned = layercast.open(source.rotate(90).flip("h").tobytes())
+    layer = turned.encoded.layer("structure")
+    assert layer is not None
+    assert layer.descriptor.edges.model_version == 2 and framing.edge_geometry(layer.descriptor.edges)[2] == 16
+    assert source.edges is not None and turned.edges is not None
+    assert np.array_equal(turned.edges, np.rot90(source.edges, -1)[:, ::-1])

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from layercast.common.codecs.jit import njit_or_none
+from layercast.common.codecs.jit import jitable, njit_or_none
 
 # Component kinds (the model file lists the kind of each static component).
 KIND_ORDER = 0  # kinds 0..15: byte context of that order
@@ -40,6 +40,43 @@ SEL_END = SEL_BASE3 + 40
 NFINAL = 16
 
 _KJ: Any = None  # the compiled kernel, which the compiled batch calls (set by `jitted`)
+
+
+def word_step(byte: int, w0: int, w1: int, w2: int, wlen: int) -> tuple[int, int, int, int]:
+    """The word state after `byte`: (w0, w1, w2, wlen), the hash of the current word so far, of the
+    previous word and of the one before it, and the current word's length. Words are runs of letters
+    (case-folded), digits and non-ASCII bytes; any other byte ends the current word (if any). Called by
+    `kernel`, plain or compiled (`jitted` lets numba compile it into the kernel)."""
+    lower = byte + 32 if 65 <= byte <= 90 else byte
+    if (97 <= lower <= 122) or (48 <= byte <= 57) or byte >= 128:
+        return ((w0 + lower + 1) * 0x2C9277B5) & M32, w1, w2, wlen + 1
+    if wlen > 0:
+        return 0, w0, w1, 0
+    return w0, w1, w2, wlen
+
+
+def find(arr: Any, a: int, e: int, v: int) -> int:
+    """The first index of `v` in arr[a:e] (ascending), or -1 where it is not there (a binary search)."""
+    lim = e
+    while a < e:
+        m = (a + e) >> 1
+        if arr[m] < v:
+            a = m + 1
+        else:
+            e = m
+    return a if a < lim and arr[a] == v else -1
+
+
+def count_state(n0: int, n1: int, st: Any) -> int:
+    """The state (0..255) of a context that has seen `n0` zeros and `n1` ones at this bit: exact for fewer
+    than 8 in all (0..35), else the band of the total (36 each) and the stretched frequency of ones, in
+    36 steps. st: the stretch table."""
+    n = n0 + n1
+    if n < 8:
+        return ((n * (n + 1)) >> 1) + n1
+    r = ((st[((2 * n1 + 1) * 4096) // (2 * n + 2)] + 2048) * 36) >> 12
+    band = 5 if n >= 512 else (4 if n >= 128 else (3 if n >= 64 else (2 if n >= 32 else int(n >= 16))))
+    return 36 + 36 * band + r
 
 
 def kernel(
@@ -204,15 +241,7 @@ def kernel(
             if i > 0 and node >= 0 and not keys_mode:
                 bb = int(hist[pos - i]) if pos >= i else 256
                 a = trie[2 * node]
-                e = a + trie[2 * node + 1]
-                lim = e
-                while a < e:
-                    m = (a + e) >> 1
-                    if ksym[m] < bb:
-                        a = m + 1
-                    else:
-                        e = m
-                node = a if a < lim and ksym[a] == bb else -1
+                node = find(ksym, a, a + trie[2 * node + 1], bb)
             if node >= 0 and not keys_mode:
                 lo[i] = cstart[node]
                 hi[i] = cstart[node + 1]
@@ -233,15 +262,8 @@ def kernel(
             if keys_mode:
                 keyout[pos * (nc - nord) + i - nord] = h * 256 + cur
                 continue
-            a = kseg[i]
-            e = kseg[i + 1]
-            while a < e:
-                m = (a + e) >> 1
-                if keys[m] < h:
-                    a = m + 1
-                else:
-                    e = m
-            if a < kseg[i + 1] and keys[a] == h:
+            a = find(keys, kseg[i], kseg[i + 1], h)
+            if a >= 0:
                 lo[i] = cstart[a]
                 hi[i] = cstart[a + 1]
             else:
@@ -257,15 +279,7 @@ def kernel(
             hist[pos] = cur
             pos += 1
             c1 = cur + 1
-            lower = cur + 32 if 65 <= cur <= 90 else cur
-            if (97 <= lower <= 122) or (48 <= cur <= 57) or cur >= 128:
-                w0 = ((w0 + lower + 1) * 0x2C9277B5) & M32
-                wlen += 1
-            elif wlen > 0:
-                w2 = w1
-                w1 = w0
-                w0 = 0
-                wlen = 0
+            w0, w1, w2, wlen = word_step(cur, w0, w1, w2, wlen)
             continue
         for a in range(na):
             h = ((a + 7) * 0x7FEB352D) & M32
@@ -324,13 +338,7 @@ def kernel(
                     else:
                         n0 += c
                 split[i] = m
-                n = n0 + n1
-                if n < 8:
-                    s = ((n * (n + 1)) >> 1) + n1
-                else:
-                    r = ((st[((2 * n1 + 1) * 4096) // (2 * n + 2)] + 2048) * 36) >> 12
-                    band = 5 if n >= 512 else (4 if n >= 128 else (3 if n >= 64 else (2 if n >= 32 else int(n >= 16))))
-                    s = 36 + 36 * band + r
+                s = count_state(n0, n1, st)
                 if s != 0:
                     conf += 1
                 sidx[i] = i * 256 + s
@@ -342,13 +350,7 @@ def kernel(
                     acnt[2 * slot + 1] = 0
                 n0 = acnt[2 * slot]
                 n1 = acnt[2 * slot + 1]
-                n = n0 + n1
-                if n < 8:
-                    s = ((n * (n + 1)) >> 1) + n1
-                else:
-                    r = ((st[((2 * n1 + 1) * 4096) // (2 * n + 2)] + 2048) * 36) >> 12
-                    band = 5 if n >= 512 else (4 if n >= 128 else (3 if n >= 64 else (2 if n >= 32 else int(n >= 16))))
-                    s = 36 + 36 * band + r
+                s = count_state(n0, n1, st)
                 sidx[nc + a] = (nc + a) * 256 + s
             for i in range(nc + na):
                 xs[i] = st[sm[sidx[i]] >> 4]
@@ -453,18 +455,9 @@ def kernel(
             out[pos] = byte
         hist[pos] = byte
         pos += 1
-        # words: letters (case-folded), digits and non-ASCII bytes
         c2 = c1
         c1 = byte + 1
-        lower = byte + 32 if 65 <= byte <= 90 else byte
-        if (97 <= lower <= 122) or (48 <= byte <= 57) or byte >= 128:
-            w0 = ((w0 + lower + 1) * 0x2C9277B5) & M32
-            wlen += 1
-        elif wlen > 0:
-            w2 = w1
-            w1 = w0
-            w0 = 0
-            wlen = 0
+        w0, w1, w2, wlen = word_step(byte, w0, w1, w2, wlen)
     if mode == MODE_KEYS:
         return pos
     return cost
@@ -515,6 +508,8 @@ def batch(
 @functools.cache
 def jitted() -> tuple[Any, Any] | None:
     """numba builds of (kernel, batch), or None without numba (then `kernel` runs as plain Python)."""
+    for helper in (word_step, find, count_state):  # before the kernel that calls them is compiled
+        jitable(helper)
     kj = njit_or_none(kernel)
     if kj is None:
         return None
