@@ -213,6 +213,25 @@ class PriorTables:
         return array("q", self.a1.astype(np.int64).tobytes()), array("q", self.a.astype(np.int64).tobytes())
 
 
+def _backoff(c1: np.ndarray, cn: np.ndarray, masks: Sequence[int], size: int, k: float, alpha: float) -> np.ndarray:
+    """P(edge) per context of a template of log2(size) bits: hierarchical back-off over nested sub-templates
+    (`masks`, coarse to fine): each level's frequency smoothed by `k` pseudo-counts of its parent's estimate."""
+    idx = np.arange(size)
+    q: np.ndarray | None = None
+    prev = 0
+    for mask in masks:
+        m = mask & (size - 1)
+        if q is not None and m == prev:
+            continue
+        key = idx & m
+        s1 = np.bincount(key, weights=c1, minlength=size)
+        sn = np.bincount(key, weights=cn, minlength=size)
+        q = (s1 + alpha) / (sn + 2 * alpha) if q is None else (s1 + k * q[idx & prev]) / (sn + k)
+        prev = m
+    assert q is not None
+    return q
+
+
 def tables_from_counts(version: int, n0: np.ndarray, n1: np.ndarray) -> PriorTables:
     """Prior tables from training counts (uint per context): back-off smoothing, then strength cap."""
     if n0.shape != (NIDX,) or n1.shape != (NIDX,):
@@ -224,22 +243,7 @@ def tables_from_counts(version: int, n0: np.ndarray, n1: np.ndarray) -> PriorTab
         sl = slice(OFFSETS[r], OFFSETS[r] + size)
         c1 = n1[sl].astype(np.float64)
         cn = c1 + n0[sl].astype(np.float64)
-        idx = np.arange(size)
-        q: np.ndarray | None = None
-        prev = 0
-        for mask in LEVEL_MASKS:
-            m = mask & (size - 1)
-            if q is not None and m == prev:
-                continue
-            key = idx & m
-            s1 = np.bincount(key, weights=c1, minlength=size)
-            sn = np.bincount(key, weights=cn, minlength=size)
-            if q is None:
-                q = (s1 + BASE_ALPHA) / (sn + 2 * BASE_ALPHA)
-            else:
-                q = (s1 + BACKOFF_K * q[idx & prev]) / (sn + BACKOFF_K)
-            prev = m
-        assert q is not None
+        q = _backoff(c1, cn, LEVEL_MASKS, size, BACKOFF_K, BASE_ALPHA)
         strength = np.minimum(cn, STRENGTH_MAX) + STRENGTH_EXTRA
         aa = np.rint(strength * INC).astype(np.int64)
         a[sl] = aa
@@ -616,25 +620,6 @@ class MixTables:
     def lists(self) -> tuple[array[int], array[int]]:
         """(deep, w0) as arrays of Python-int items, for the plain-Python kernel."""
         return array("q", self.deep.astype(np.int64).tobytes()), array("q", self.w0.astype(np.int64).tobytes())
-
-
-def _backoff(c1: np.ndarray, cn: np.ndarray, masks: Sequence[int], size: int, k: float, alpha: float) -> np.ndarray:
-    """P(edge) per context of a template of log2(size) bits: hierarchical back-off over nested sub-templates
-    (`masks`, coarse to fine): each level's frequency smoothed by `k` pseudo-counts of its parent's estimate."""
-    idx = np.arange(size)
-    q: np.ndarray | None = None
-    prev = 0
-    for mask in masks:
-        m = mask & (size - 1)
-        if q is not None and m == prev:
-            continue
-        key = idx & m
-        s1 = np.bincount(key, weights=c1, minlength=size)
-        sn = np.bincount(key, weights=cn, minlength=size)
-        q = (s1 + alpha) / (sn + 2 * alpha) if q is None else (s1 + k * q[idx & prev]) / (sn + k)
-        prev = m
-    assert q is not None
-    return q
 
 
 def deep_stretch_from_counts(d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
