@@ -873,6 +873,10 @@ def _code_stripe(
     return pos
 
 
+# `_code_stripe_mix` repeats `_code_stripe`'s range coder and template windows on purpose: each kernel is
+# self-contained in this one file, so numba's disk cache (invalidated only when the kernel's own source file
+# changes) can never keep a stale compiled kernel after a helper or constant elsewhere changes, and the
+# kernels need no calls that pass arrays (which cost 3-4x under numba's reference counting).
 def _code_stripe_mix(
     decode: Any,
     img: Any,
