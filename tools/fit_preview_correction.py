@@ -4,8 +4,9 @@ The edge-aware colour field is biased: a colormap cell is the linear-light mean 
 value is brighter than the sRGB mean that PSNR rewards, the more so the busier the cell (measured: 9 levels
 too bright on average at the generative split's 8 x 8 cells); and where edges are dense the unmixed pieces
 are less sure than the field makes them look. The correction is a least-squares linear map of a few
-per-pixel features (`colorize.correction_features`: the field, the bicubic field, edge density; nothing that
-follows single lines) to the image's sRGB, fitted here on the work grid against the image area-resized to it.
+per-pixel features (`colorize.correction_features`: the field, the bicubic field, their other channels, edge
+density, the bicubic gradient; nothing that follows single lines) to the image's sRGB, fitted here on the work
+grid against the image area-resized to it.
 
 Each training image (`edge_corpus.is_held_out` False, about 3 in 4) is resized to 512 x 512, encoded with the
 target the tuning serves (`--target sd` for COARSE, `--target preview` for FINE), and decoded to its layers;
