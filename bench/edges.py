@@ -117,12 +117,13 @@ def run(
             "coders": {},
         }
         for coder, (version, coder_rows) in coders.items():
+            coder_stripes = rows if coder_rows is None else coder_rows  # 0: the whole map in one stripe
             payload = stream = bundled = 0
             enc_ms: list[float] = []
             dec_ms: list[float] = []
             codec.compress(EdgeMap(maps[0][1]), stripe_rows=rows, model_version=version)  # load + compile
             for name, bits in maps:
-                stripe = rows if coder_rows is None else coder_rows or bits.shape[0]
+                stripe = coder_stripes or bits.shape[0]
                 t0 = time.perf_counter()
                 layer = codec.compress(EdgeMap(bits), stripe_rows=stripe, model_version=version)
                 t1 = time.perf_counter()
@@ -137,7 +138,7 @@ def run(
                 bundled += stream_bytes(layer, bundle=True)
             row["coders"][coder] = {
                 "model_version": version,
-                "stripe_rows": rows if coder_rows is None else coder_rows,
+                "stripe_rows": coder_stripes,
                 "payload_bytes": payload,
                 "stream_bytes": stream,
                 "bundled_stream_bytes": bundled,
