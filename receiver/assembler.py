@@ -192,6 +192,7 @@ class Assembler:
         self.wall_ms = wall_ms
         self.defer_decode = defer_decode
         self._jobs: list[LayerDecodeJob] = []
+        self._new_timer: float | None = None  # the earliest timer set since take_new_timer
         self._images: OrderedDict[tuple[str, int], _Image] = OrderedDict()
         self._finished: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._windows: OrderedDict[str, ReplayWindow] = OrderedDict()
@@ -262,6 +263,7 @@ class Assembler:
             while len(self._images) >= self.max_images:
                 events += self._finish(next(iter(self._images.values())), now)
             img = self._images[key] = _Image(sid, iid, first=now, last=now, camera=cam)
+            self._note_timer(self._deadline(img))
         img.last = max(img.last, now)
         for q, nbytes in zip(unbundle(p), wire_shares(p, len(data)), strict=True):
             try:
@@ -304,6 +306,17 @@ class Assembler:
             L.partial_due for img in self._images.values() for L in img.layers.values() if L.partial_due is not None
         ]
         return min(times) if times else None
+
+    def take_new_timer(self) -> float | None:
+        """The earliest timer set since the last call (a new image's deadline, a partial decode falling
+        due), or None: an image's deadline only moves later as packets come, so a caller sleeping until
+        `next_timer` needs waking only when this is earlier (O(1) per packet, where `next_timer` scans)."""
+        t, self._new_timer = self._new_timer, None
+        return t
+
+    def _note_timer(self, t: float) -> None:
+        if self._new_timer is None or t < self._new_timer:
+            self._new_timer = t
 
     def handle_timer(self, now: float) -> list[Event]:
         """Run due partial decodes and finish images whose time is up."""
@@ -497,6 +510,7 @@ class Assembler:
             if now - L.last_partial >= self.partial_interval:
                 return events + self._partial(img, L, now)
             L.partial_due = L.last_partial + self.partial_interval
+            self._note_timer(L.partial_due)
         return events
 
     def _header_changed(self, img: _Image, now: float) -> list[Event]:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from layercast.common.color import linear_to_srgb, oklab_to_linear, srgb8_to_oklab
+from layercast.common.color import oklab_image_to_srgb8, srgb8_to_oklab
 from layercast.common.errors import InputError
 from layercast.common.types import Colormap, EdgeMap, LayerSet, PoseLayer, Structure
 from layercast.receiver.decoder import StepCallback
@@ -62,7 +62,7 @@ def smooth_colormap(cm: Colormap, width: int, height: int) -> np.ndarray:
     ww, wh = max(1, round(width * scale)), max(1, round(height * scale))
     lab = srgb8_to_oklab(cm.cells).astype(np.float32)
     field = cv2.resize(lab, (ww, wh), interpolation=cv2.INTER_CUBIC).reshape(wh, ww, 3)
-    srgb: np.ndarray = np.clip(linear_to_srgb(oklab_to_linear(field)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    srgb = oklab_image_to_srgb8(field)
     if (ww, wh) == (width, height):
         return srgb
     return np.asarray(cv2.resize(srgb, (width, height), interpolation=cv2.INTER_LINEAR)).reshape(height, width, 3)

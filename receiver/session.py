@@ -668,7 +668,8 @@ class ReceiveSession:
         return rec
 
     def _arm_timer(self) -> None:
-        t = self.assembler.next_timer()
+        """Wake the timer loop when a timer set since the last call is earlier than the one it sleeps to."""
+        t = self.assembler.take_new_timer()
         if t is not None and (self._timer_at is None or t < self._timer_at) and self._timer_wake is not None:
             self._timer_wake.set()
 

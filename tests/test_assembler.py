@@ -224,6 +224,23 @@ def test_image_timeout_is_idle_time_with_an_age_cap() -> None:
     assert of(asm.handle_timer(2.5), ImageReady)
 
 
+def test_new_timers_are_reported_once_and_earliest_first() -> None:
+    """take_new_timer (the receiver's O(1) wake check per packet): a new image's deadline and a partial
+    decode falling due are reported, the earliest of them, once; packets of an open image set none."""
+    pose = [p for p in packets(encoded(2, people=6)) if p.kind == LayerKind.STRUCTURE_POSE]
+    asm = Assembler(image_timeout=1.0, partial_interval=0.25)
+    assert asm.take_new_timer() is None
+    feed(asm, wire(pose[:1]), 0.0)
+    assert asm.take_new_timer() == pytest.approx(1.0)  # the new image's deadline
+    assert asm.take_new_timer() is None
+    feed(asm, wire(pose[1:2]), 0.1)  # rate-limited partial: due at 0.25
+    assert asm.take_new_timer() == pytest.approx(0.25) == asm.next_timer()
+    data = wire(packets(encoded(4)))
+    feed(asm, data[:1], 0.2)
+    feed(asm, data[1:2], 0.3)
+    assert asm.take_new_timer() == pytest.approx(1.2)  # image 4's deadline; its later packets set none
+
+
 def test_fec_restores_the_header_of_lost_fragments() -> None:
     img = encoded(5)
     pkts = packets(img, policy=FecPolicy())

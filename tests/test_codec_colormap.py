@@ -46,6 +46,24 @@ def test_oklab_round_trip_is_exact_on_uint8() -> None:
     assert abs(white[0] - 1) < 1e-4 and abs(white[1]) < 1e-4 and abs(white[2]) < 1e-4
 
 
+def test_oklab_image_conversion_matches_the_exact_one() -> None:
+    """The one-pass (compiled where numba is installed) Oklab -> sRGB8 of whole images: within one level of
+    the exact conversion (its table's rounding), and the plain-numpy path gives the same bytes."""
+    from layercast.common import color
+
+    rng = np.random.default_rng(2)
+    lab = np.stack([rng.uniform(0, 1, (96, 80)), *rng.uniform(-0.3, 0.3, (2, 96, 80))], -1).astype(np.float32)
+    exact = np.floor(np.clip(color.linear_to_srgb(color.oklab_to_linear(lab)), 0, 1) * 255.0 + 0.5)
+    fast = color.oklab_image_to_srgb8(lab)
+    assert fast.shape == lab.shape and fast.dtype == np.uint8
+    diff = np.abs(fast.astype(int) - exact)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    assert (fast == 0).any() and (fast == 255).any()  # out-of-gamut values were clipped
+    plain = np.empty((lab.size // 3, 3), np.uint8)
+    color._oklab_rows_numpy(lab.reshape(-1, 3), plain, color._M2_INV_32, color._M1_INV_32, color._LINEAR16_TO_SRGB8)
+    assert np.array_equal(plain.reshape(lab.shape), fast)
+
+
 @settings(max_examples=30, deadline=None)
 @given(cells=cells_st, quality=st.integers(1, 100))
 @example(cells=np.array([[[0, 1, 1]]], np.uint8), quality=57)  # near black: uint8 rounding is a big Oklab step

@@ -13,6 +13,7 @@ TransportClosed at this boundary, never leaked.
 from __future__ import annotations
 
 import asyncio
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -86,6 +87,9 @@ class Transport(ABC):
     async def _with_timeout(self, coro: Any, timeout: float | None, what: str) -> Any:
         limit = self.default_timeout if timeout is None else timeout
         try:
+            if sys.version_info >= (3, 11):  # runs `coro` in this task: no task and waiter per packet
+                async with asyncio.timeout(limit):
+                    return await coro
             return await asyncio.wait_for(coro, limit)
         except asyncio.TimeoutError:
             raise TransportTimeout(f"{type(self).__name__}.{what} timed out after {limit:g} s") from None
