@@ -33,7 +33,9 @@ def map_color(cm: Colormap, src_rgb: Sequence[int], dst_rgb: Sequence[int], tole
     src, dst = _rgb(src_rgb, "source colour"), _rgb(dst_rgb, "target colour")
     if not tolerance >= 0:
         raise EditError(f"tolerance must be >= 0 (Oklab distance x 100), got {tolerance!r}")
-    near = delta_e(srgb8_to_oklab(cm.cells), srgb8_to_oklab(src)) <= tolerance
+    # the exact colour always matches: float32 Oklab of the same uint8 triple can differ by ~1e-6 between an
+    # array and a single colour (numpy's matrix products take different paths), so tolerance 0 needs this
+    near = (delta_e(srgb8_to_oklab(cm.cells), srgb8_to_oklab(src)) <= tolerance) | (cm.cells == src).all(axis=-1)
     cells = cm.cells.copy()
     cells[near] = dst
     return Colormap(cells=cells)
