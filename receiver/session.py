@@ -359,11 +359,14 @@ class ReceiveSession:
         if self._loop is not None:
             return
         self._loop = asyncio.get_running_loop()
-        from layercast.common.codecs import colormap, edges
+        from layercast.common import color
+        from layercast.common.codecs import colormap, edges, prompt
 
-        def warm_up() -> None:  # compile the edge and colormap decoders before packets arrive
+        def warm_up() -> None:  # load and compile the layer decoders and the preview's colour pass before packets
             edges.warm_up()
             colormap.warm_up()
+            prompt.warm_up()
+            color.oklab_image_to_srgb8(np.zeros((1, 1, 3), np.float32))
 
         await asyncio.to_thread(warm_up)  # off the event loop
         self._t0 = self.last_activity = self._loop.time()

@@ -56,6 +56,15 @@ async def test_no_loss_outputs_equal_file_decode(tmp_path: Path) -> None:
     assert {"LayerComplete", "LayerSetChanged", "ImageReady", "Stage"} <= kinds
 
 
+async def test_start_loads_the_prompt_model_before_packets_arrive() -> None:
+    """The first prompt must not stall a receiver for the model's ~1 s load: `start` does it, off the loop."""
+    from layercast.common.codecs.prompt_mix import shipped_mix_model
+
+    shipped_mix_model.cache_clear()
+    async with ReceiveSession():
+        assert shipped_mix_model.cache_info().currsize == 1
+
+
 @pytest.mark.parametrize(
     "model",
     [LinkModel(loss=0.2, seed=3), LinkModel.parse(burst="5%", burst_len=4, seed=4)],

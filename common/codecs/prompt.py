@@ -173,6 +173,13 @@ class CtxPromptCodec(LayerCodec):
         return _decode_texts(units, model.decode, "prompt unit does not decode to UTF-8 text (corrupt)")
 
 
+def warm_up() -> None:
+    """Load the default prompt model (model 2, 1.7 MB) and compile its coder now (about 1 s with a numba
+    cache), so the first real prompt does not stall a receiver; a no-op after the first call."""
+    model = shipped_mix_model()
+    model.decode(model.encode(b"a cat"))
+
+
 def compress_prompt(prompt: Prompt, model: PromptModel | None = None) -> EncodedLayer:
     """Code a prompt with whichever of prompt-ctx (model 2, or `model`) and prompt-utf8 costs fewer stream
     bytes (`stream_bytes`; UTF-8 on a tie), so the layer never costs more than the raw UTF-8 layer."""
