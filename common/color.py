@@ -102,7 +102,10 @@ def _oklab_rows_to_srgb8(
         x, y, z = x * x * x, y * y * y, z * z * z
         for c in range(3):
             v = m1inv[c, 0] * x + m1inv[c, 1] * y + m1inv[c, 2] * z
-            v = min(max(v, 0.0), 1.0)
+            if not v > 0.0:  # also NaN: the table index stays in range whatever comes in
+                v = 0.0
+            elif v > 1.0:
+                v = 1.0
             out[i, c] = lut[int(v * 65535.0 + 0.5)]
     return 0
 
@@ -117,7 +120,8 @@ def _rows_kernel() -> Callable[..., int]:
 def _oklab_rows_numpy(lab: np.ndarray, out: np.ndarray, m2inv: np.ndarray, m1inv: np.ndarray, lut: np.ndarray) -> int:
     """`_oklab_rows_to_srgb8` without numba: the same steps, vectorised."""
     lms = lab @ m2inv.T
-    lin = np.clip((lms * lms * lms) @ m1inv.T, 0.0, 1.0)
+    lin = (lms * lms * lms) @ m1inv.T
+    lin = np.where(lin > 0.0, np.minimum(lin, 1.0), 0.0)  # NaN -> 0, as the kernel does
     out[:] = lut[(lin * 65535.0 + 0.5).astype(np.int64)]
     return 0
 

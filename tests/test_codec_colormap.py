@@ -62,6 +62,9 @@ def test_oklab_image_conversion_matches_the_exact_one() -> None:
     plain = np.empty((lab.size // 3, 3), np.uint8)
     color._oklab_rows_numpy(lab.reshape(-1, 3), plain, color._M2_INV_32, color._M1_INV_32, color._LINEAR16_TO_SRGB8)
     assert np.array_equal(plain.reshape(lab.shape), fast)
+    odd = np.array([[[np.nan, 0, 0], [np.inf, 0, 0], [-np.inf, 0, 0], [1e30, 1e30, -1e30]]], np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        assert color.oklab_image_to_srgb8(odd)[0, 0].tolist() == [0, 0, 0]  # NaN is black, never a stray index
 
 
 @settings(max_examples=30, deadline=None)
