@@ -81,13 +81,11 @@ def oklab_to_srgb8(lab: np.ndarray) -> np.ndarray:
     return linear_to_srgb8(oklab_to_linear(lab))
 
 
+@functools.cache
 def _srgb8_of_linear16() -> np.ndarray:
     """uint8[65536]: sRGB8 of linear light i / 65535, rounded half up (a step of 1.5e-5 in linear light moves
-    the sRGB value by at most 0.025 of a level)."""
+    the sRGB value by at most 0.025 of a level); built on first use, not at import."""
     return np.floor(linear_to_srgb(np.arange(65536, dtype=np.float64) / 65535.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-_LINEAR16_TO_SRGB8 = _srgb8_of_linear16()
 
 
 def _oklab_rows_to_srgb8(
@@ -110,20 +108,24 @@ def _oklab_rows_to_srgb8(
     return 0
 
 
-@functools.cache
-def _rows_kernel() -> Callable[..., int]:
-    from layercast.common.codecs.jit import njit_or_none
-
-    return njit_or_none(_oklab_rows_to_srgb8) or _oklab_rows_numpy
-
-
-def _oklab_rows_numpy(lab: np.ndarray, out: np.ndarray, m2inv: np.ndarray, m1inv: np.ndarray, lut: np.ndarray) -> int:
-    """`_oklab_rows_to_srgb8` without numba: the same steps, vectorised."""
-    lms = lab @ m2inv.T
-    lin = (lms * lms * lms) @ m1inv.T
+def _oklab_rows_numpy(lab: np.ndarray, out: np.ndarray, lut: np.ndarray) -> None:
+    """`_oklab_rows_to_srgb8` without numba: `oklab_to_linear`, then the same clip and table."""
+    lin = oklab_to_linear(lab)
     lin = np.where(lin > 0.0, np.minimum(lin, 1.0), 0.0)  # NaN -> 0, as the kernel does
     out[:] = lut[(lin * 65535.0 + 0.5).astype(np.int64)]
-    return 0
+
+
+@functools.cache
+def _rows_converter() -> Callable[[np.ndarray, np.ndarray], object]:
+    """(rows, out) -> None: the compiled kernel with its float32 matrices and table, or the numpy path."""
+    from layercast.common.codecs.jit import njit_or_none
+
+    lut = _srgb8_of_linear16()
+    kernel = njit_or_none(_oklab_rows_to_srgb8)
+    if kernel is None:
+        return lambda rows, out: _oklab_rows_numpy(rows, out, lut)
+    m2inv, m1inv = _M2_INV.astype(np.float32), _M1_INV.astype(np.float32)
+    return lambda rows, out: kernel(rows, out, m2inv, m1inv, lut)
 
 
 def oklab_image_to_srgb8(lab: np.ndarray) -> np.ndarray:
@@ -133,12 +135,8 @@ def oklab_image_to_srgb8(lab: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(lab, dtype=np.float32)
     rows = x.reshape(-1, 3)
     out = np.empty(rows.shape, np.uint8)
-    _rows_kernel()(rows, out, _M2_INV_32, _M1_INV_32, _LINEAR16_TO_SRGB8)
+    _rows_converter()(rows, out)
     return out.reshape(x.shape)
-
-
-_M2_INV_32 = _M2_INV.astype(np.float32)
-_M1_INV_32 = _M1_INV.astype(np.float32)
 
 
 def delta_e(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:

@@ -60,7 +60,7 @@ def test_oklab_image_conversion_matches_the_exact_one() -> None:
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
     assert (fast == 0).any() and (fast == 255).any()  # out-of-gamut values were clipped
     plain = np.empty((lab.size // 3, 3), np.uint8)
-    color._oklab_rows_numpy(lab.reshape(-1, 3), plain, color._M2_INV_32, color._M1_INV_32, color._LINEAR16_TO_SRGB8)
+    color._oklab_rows_numpy(lab.reshape(-1, 3), plain, color._srgb8_of_linear16())
     assert np.array_equal(plain.reshape(lab.shape), fast)
     odd = np.array([[[np.nan, 0, 0], [np.inf, 0, 0], [-np.inf, 0, 0], [1e30, 1e30, -1e30]]], np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
