@@ -27,6 +27,7 @@ from layercast.common.errors import (
     TransportTimeout,
 )
 from layercast.common.transport.base import FAMILIES
+from layercast.common.transport.sctp_ack import DelayedAck
 from layercast.common.transport.signalling import (
     HttpSignalling,
     MqttSignalling,
@@ -74,6 +75,9 @@ def test_policy_and_config_validation() -> None:
         ChannelPolicy(max_retransmits=-1)
     with pytest.raises(InputError, match="low_watermark"):
         WebRTCConfig(low_watermark=10, high_watermark=5)
+    for bad in (-0.01, 0.25):
+        with pytest.raises(InputError, match="sack_delay"):
+            WebRTCConfig(sack_delay=bad)
     with pytest.raises(InputError, match="unknown layer family"):
         WebRTCConfig().policy("audio")
     assert WebRTCConfig().semantic.reliable and not WebRTCConfig().texture.reliable
@@ -85,6 +89,57 @@ def test_policy_and_config_validation() -> None:
     assert table["semantic"] == {"negotiated": True, "id": 0, "ordered": True}
     assert table["structure"] == {"negotiated": True, "id": 1, "ordered": False, "maxRetransmits": 2}
     assert table["texture"] == {"negotiated": True, "id": 2, "ordered": False, "maxPacketLifeTime": 300}
+
+
+class _SackState:
+    """The SCTP receive state `DelayedAck` reads (aiortc's attribute names), for its policy alone."""
+
+    def __init__(self) -> None:
+        self._sack_needed = False
+        self._sack_misordered: set[int] = set()
+        self._sack_duplicates: list[int] = []
+        self.sent = 0
+
+    async def _send_sack(self) -> None:
+        self.sent += 1
+        self._sack_needed = False
+        self._sack_duplicates.clear()
+
+
+async def test_delayed_ack_policy_acks_gaps_and_their_repair_at_once() -> None:
+    s = _SackState()
+    ack = DelayedAck.install(s, delay=0.05)
+    assert ack is not None and DelayedAck.install(s, delay=0.05) is ack, "installed once per association"
+
+    async def packet(misordered: frozenset[int] = frozenset(), duplicates: tuple[int, ...] = ()) -> None:
+        s._sack_needed = True
+        s._sack_misordered = set(misordered)
+        s._sack_duplicates = list(duplicates)
+        await s._send_sack()  # what aiortc calls after each packet that needs a SACK
+
+    await packet()
+    assert s.sent == 0, "a lone in-order packet waits"
+    await packet()
+    assert s.sent == 1, "the second packet is acknowledged at once, with the first"
+    await packet(misordered=frozenset({7}))
+    assert s.sent == 2, "a gap is reported at once (fast retransmit depends on it)"
+    await packet()
+    assert s.sent == 3, "so is the packet that fills it"
+    await packet(duplicates=(5,))
+    assert s.sent == 4, "and duplicates"
+    await packet()
+    assert s.sent == 4
+    await asyncio.sleep(0.15)
+    assert s.sent == 5, "a lone packet is acknowledged after the delay"
+    assert (ack.packets, ack.acks) == (6, 5)
+    await packet()
+    ack.cancel()
+    await asyncio.sleep(0.1)
+    assert s.sent == 5, "cancel drops a pending late acknowledgement"
+
+    with pytest.raises(ValueError, match="RFC 4960"):
+        DelayedAck.install(_SackState(), delay=0.5)
+    assert DelayedAck.install(object()) is None, "another aiortc without these internals: left as it is"
 
 
 @given(st.binary(min_size=32, max_size=32), st.booleans())
@@ -197,6 +252,32 @@ async def test_burst_on_unreliable_channel_is_paced_and_delivered() -> None:
         print(f"texture burst: {len(got)}/1000 delivered, {1000 / elapsed:.0f} packets/s")
         assert len(got) >= 970, f"paced unreliable burst lost {1000 - len(got)} of 1000"
         assert len(set(got)) == len(got) and all(len(g) == 1024 for g in got)
+
+
+async def test_receiver_acknowledges_every_second_packet_and_a_lone_one_late() -> None:
+    """Real aiortc peers: the receiving association sends about one SACK per two packets (RFC 4960
+    delayed ack), nothing is lost, and a lone last packet is still acknowledged (drain returns)."""
+    async with WebRTCServer(port=0) as server, await connect_webrtc(server.url) as client:
+        rx = await server.accept(timeout=10)
+        assert rx.delayed_ack is not None and rx.delayed_ack.delay == WebRTCConfig().sack_delay
+        sent = [i.to_bytes(4, "big") * 50 for i in range(400)]
+        for i, data in enumerate(sent):
+            await client.send(data, family=FAMILIES[i % 3])
+        got = [await rx.recv(timeout=5) for _ in sent]
+        assert sorted(got) == sorted(sent)
+        await client.drain(timeout=5)
+        packets, acks = rx.delayed_ack.packets, rx.delayed_ack.acks
+        assert packets >= len(sent) and acks <= 0.6 * packets, (packets, acks)
+        await client.send(b"last", family="semantic")
+        assert await rx.recv(timeout=5) == b"last"
+        await client.drain(timeout=5)  # waits until SCTP has every chunk acknowledged
+        assert rx.delayed_ack.acks == acks + 1
+    off = WebRTCConfig(sack_delay=0)
+    async with WebRTCServer(port=0, config=off) as server, await connect_webrtc(server.url, off) as client:
+        rx = await server.accept(timeout=10)
+        await client.send(b"x", family="texture")
+        assert await rx.recv(timeout=5) == b"x"
+        assert rx.delayed_ack is None, "sack_delay=0: aiortc acknowledges every packet itself"
 
 
 async def test_data_before_the_channels_report_open_is_delivered_not_lost() -> None:

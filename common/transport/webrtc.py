@@ -36,6 +36,7 @@ from layercast.common import limits
 from layercast.common.errors import AuthError, InputError, TransportClosed, TransportError
 from layercast.common.identity import is_camera_name
 from layercast.common.transport.base import FAMILIES, Transport
+from layercast.common.transport.sctp_ack import MAX_DELAY, DelayedAck
 
 if TYPE_CHECKING:
     from aiortc import RTCDataChannel, RTCPeerConnection
@@ -105,6 +106,9 @@ class WebRTCConfig:
     """If set, the remote SDP must carry one of these (``"sha-256 AB:CD:..."`` or just the hex)."""
     certificate_pem: bytes | None = None
     """PEM private key + certificate for a stable DTLS identity (see `generate_certificate_pem`)."""
+    sack_delay: float = 0.02
+    """Seconds a received SCTP packet's acknowledgement may wait to be sent together with the next one's
+    (RFC 4960 delayed ack, at most 0.2; see `.sctp_ack`); 0 = acknowledge every packet, as aiortc does."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.low_watermark <= self.high_watermark:
@@ -115,6 +119,8 @@ class WebRTCConfig:
             raise InputError("recv_queue_limit must be >= 1")
         if self.socket_buffer_bytes < 0:
             raise InputError("socket_buffer_bytes must be >= 0")
+        if not 0 <= self.sack_delay <= MAX_DELAY:
+            raise InputError(f"sack_delay must be in 0..{MAX_DELAY} seconds (RFC 4960 section 6.2)")
         object.__setattr__(
             self, "pinned_fingerprints", tuple(normalize_fingerprint(p) for p in self.pinned_fingerprints)
         )
@@ -345,6 +351,9 @@ class WebRTCTransport(Transport):
         self._send_lock = asyncio.Lock()
         self._lost: str | None = None
         self._remote_sdp = ""
+        self.delayed_ack: DelayedAck | None = None
+        """The SCTP delayed-acknowledgement policy once the channels are open (None: `sack_delay` is 0,
+        or this aiortc lacks the internals it wraps)."""
 
     async def __aenter__(self) -> WebRTCTransport:
         await self.open()
@@ -471,6 +480,8 @@ class WebRTCTransport(Transport):
                     enlarge_socket_buffers(self.peer_connection, self.config.socket_buffer_bytes)
                 except Exception:  # pragma: no cover - aiortc internals moved
                     log.debug("could not enlarge the ICE socket buffers", exc_info=True)
+            if self.config.sack_delay and self.delayed_ack is None:
+                self.delayed_ack = DelayedAck.install(self.peer_connection.sctp, self.config.sack_delay)
             self._opened.set()
 
     def _on_state(self) -> None:
@@ -518,6 +529,8 @@ class WebRTCTransport(Transport):
 
     async def _close(self) -> None:
         self._on_lost("closed locally")
+        if self.delayed_ack is not None:
+            self.delayed_ack.cancel()
         if self._pc is not None:
             with _mapped("close"):
                 # shielded: a close timeout must not cancel aiortc's own pending close (its `isClosed`
