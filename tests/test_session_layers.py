@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from layercast.common.errors import InputError
 from layercast.common.transport.memory import memory_pair
-from layercast.common.types import LayerSet
+from layercast.common.types import LayerKind, LayerSet
+from layercast.proto import layercast_pb2 as pb
 from layercast.receiver.assembler import LayerDecodeJob
 from layercast.receiver.events import Event, ImageReady, LayerComplete
 from layercast.receiver.preview import PreviewDecoder
-from layercast.receiver.session import ReceiveSession, Stage
+from layercast.receiver.session import ReceiveSession, Stage, split_jobs
 from layercast.sender.session import SendSession
 from tests.session_helpers import encoded_samples, file_decodes, read_png
 
@@ -111,11 +113,13 @@ class SlowPreview:
 
 
 async def _receive_all(
-    out: Path | None, *, layer_worker: bool, decoder: Any = None, repeat: int = 1
+    out: Path | None, *, layer_worker: bool, decoder: Any = None, repeat: int = 1, layer_threads: int = 2
 ) -> tuple[ReceiveSession, list[Stage], list[Event], list[int]]:
     results = encoded_samples()
     a, b = memory_pair()
-    rx = ReceiveSession(b, decoder=decoder, out_dir=out, layer_worker=layer_worker, image_timeout=30.0)
+    rx = ReceiveSession(
+        b, decoder=decoder, out_dir=out, layer_worker=layer_worker, image_timeout=30.0, layer_threads=layer_threads
+    )
     stages: list[Stage] = []
     events: list[Event] = []
     rx.add_listener(stages.append)
@@ -150,10 +154,13 @@ async def test_decoding_behind_coalesces_stages_but_never_drops_a_final(tmp_path
     assert rx.summary.images == len(ids) and rx.summary.complete == len(ids) and rx.summary.rejected == 0
 
 
-async def test_layer_worker_outputs_equal_the_sequential_path(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layer_threads", [1, 2])
+async def test_layer_worker_outputs_equal_the_sequential_path(tmp_path: Path, layer_threads: int) -> None:
     outputs = {}
     for layer_worker in (True, False):
-        rx, stages, events, ids = await _receive_all(tmp_path / str(layer_worker), layer_worker=layer_worker)
+        rx, stages, events, ids = await _receive_all(
+            tmp_path / str(layer_worker), layer_worker=layer_worker, layer_threads=layer_threads
+        )
         finals = {s.image_id: s for s in stages if s.final}
         assert sorted(finals) == sorted(ids)
         ready = {e.image_id: e for e in events if isinstance(e, ImageReady)}
@@ -166,6 +173,26 @@ async def test_layer_worker_outputs_equal_the_sequential_path(tmp_path: Path) ->
     assert rgb_a.keys() == rgb_b.keys() and all(np.array_equal(rgb_a[k], rgb_b[k]) for k in rgb_a)
     assert {k: v[:2] for k, v in ready_a.items()} == {k: v[:2] for k, v in ready_b.items()}
     assert layers_a == layers_b
+
+
+def _job(nbytes: int, i: int) -> LayerDecodeJob:
+    return LayerDecodeJob("c", 1, i, LayerKind.TEXTURE, pb.LayerDescriptor(), [b"x" * nbytes], 0.0)
+
+
+def test_split_jobs_balances_estimated_cost_and_keeps_batch_order() -> None:
+    sizes = [40, 430, 45, 40, 380, 45, 40, 0, 45]  # coded bytes: prompts, edge maps, colormaps
+    batch = [_job(n, i) for i, n in enumerate(sizes)]
+    parts = split_jobs(batch, 2)
+    assert sorted(i for p in parts for i in p) == list(range(len(batch))), "every job once"
+    assert all(p == sorted(p) for p in parts), "each thread decodes its share in batch order"
+    load = [sum(64 + sizes[i] for i in p) for p in parts]
+    assert {1, 4} & set(parts[0]) and {1, 4} & set(parts[1]), "the two edge-sized jobs go to different threads"
+    assert max(load) - min(load) <= 64 + 430, load
+    assert split_jobs(batch, 1) == [list(range(9))]
+    assert split_jobs(batch[:1], 4) == [[0]], "never an empty share"
+    assert split_jobs([], 2) == [[]]
+    with pytest.raises(InputError, match="layer_threads"):
+        ReceiveSession(layer_threads=0)
 
 
 async def test_a_flood_past_the_open_image_limit_waits_for_the_layer_worker(
@@ -188,7 +215,9 @@ async def test_a_flood_past_the_open_image_limit_waits_for_the_layer_worker(
     samples = [r.image for r in encoded_samples()]
     n = 24
     a, b = memory_pair()
-    rx = ReceiveSession(b, decoder=PreviewDecoder("fast"), out_dir=tmp_path, assembler_options={"max_images": 4})
+    rx = ReceiveSession(
+        b, decoder=PreviewDecoder("fast"), out_dir=tmp_path, assembler_options={"max_images": 4}, layer_threads=2
+    )
     async with rx:
         async with SendSession(a, profile="webrtc", stream_id=7) as tx:
             for i in range(n):
@@ -199,3 +228,5 @@ async def test_a_flood_past_the_open_image_limit_waits_for_the_layer_worker(
     # worker's copy is one more); reading on, without waiting, decodes ~half the layers twice (71 of 143)
     on_loop = sum(t == threading.main_thread().name for t in threads)
     assert on_loop <= 6 and len(threads) <= 3 * n + on_loop, (on_loop, len(threads))
+    workers = {t for t in threads if t.startswith("layercast-layers")}
+    assert len(workers) == 2, f"both layer threads decode: {workers}"
