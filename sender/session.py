@@ -312,13 +312,20 @@ class SendSession:
         loop = asyncio.get_running_loop()
         started = loop.time()
         layers: dict[LayerKind, LayerSend] = {}
-        for wp in packets:
-            depart = self.pacer.next_send_time(len(wp.data), loop.time())
-            wait = depart - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            sent_at = loop.time() - started
-            await self.transport.send(wp.data, family=wp.family, timeout=self.send_timeout)
+        sends: list[tuple[WirePacket, float]] = []
+        if self.pacer.rate_bps is None:  # unpaced: the whole image in one call (WebRTC bundles its packets)
+            await self.transport.send_many([(w.data, w.family) for w in packets], timeout=self.send_timeout)
+            sends = [(w, 0.0) for w in packets]
+        else:
+            for wp in packets:
+                depart = self.pacer.next_send_time(len(wp.data), loop.time())
+                wait = depart - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                sent_at = loop.time() - started
+                await self.transport.send(wp.data, family=wp.family, timeout=self.send_timeout)
+                sends.append((wp, sent_at))
+        for wp, sent_at in sends:
             for kind, payload, wire in wp.shares:
                 ls = layers.get(kind)
                 if ls is None:

@@ -28,6 +28,7 @@ from layercast.common.errors import (
 )
 from layercast.common.transport.base import FAMILIES
 from layercast.common.transport.sctp_ack import DelayedAck
+from layercast.common.transport.sctp_bundle import MAX_PACKET, ChunkBundler
 from layercast.common.transport.signalling import (
     HttpSignalling,
     MqttSignalling,
@@ -140,6 +141,77 @@ async def test_delayed_ack_policy_acks_gaps_and_their_repair_at_once() -> None:
     with pytest.raises(ValueError, match="RFC 4960"):
         DelayedAck.install(_SackState(), delay=0.5)
     assert DelayedAck.install(object()) is None, "another aiortc without these internals: left as it is"
+
+
+def _data_chunk(tsn: int, stream: int, nbytes: int) -> Any:
+    from aiortc.rtcsctptransport import DataChunk
+
+    chunk = DataChunk()
+    chunk.tsn, chunk.stream_id, chunk.user_data = tsn, stream, bytes(nbytes)
+    return chunk
+
+
+async def test_bundler_packs_a_turn_never_two_chunks_of_a_stream_and_sends_control_chunks_alone() -> None:
+    from aiortc.rtcsctptransport import DataChunk, SackChunk, parse_packet, serialize_packet
+
+    packets: list[bytes] = []
+
+    class Association:  # the one method `install` wraps, writing packets the way aiortc does
+        async def _send_chunk(self, chunk: Any) -> None:
+            packets.append(serialize_packet(5000, 5000, 1, chunk))
+
+    sctp = Association()
+    bundler = ChunkBundler.install(sctp)
+    assert bundler is not None and ChunkBundler.install(sctp) is bundler
+    send = sctp._send_chunk
+    # one image of the per-layer profile: semantic, structure, texture and the texture's FEC repair
+    for tsn, (stream, n) in enumerate([(0, 30), (1, 430), (2, 60), (2, 60)]):
+        await send(_data_chunk(tsn, stream, n))
+    await send(_data_chunk(9, 3, 8))
+    assert len(packets) == 1, "DATA waits for the end of the turn, unless its stream already has a chunk waiting"
+    await asyncio.sleep(0)
+    got = [[(c.tsn, c.stream_id) for c in parse_packet(p)[3] if isinstance(c, DataChunk)] for p in packets]
+    assert got == [[(0, 0), (1, 1), (2, 2)], [(3, 2), (9, 3)]], "the repair never shares its data's packet"
+    packets.clear()
+    for tsn in range(3):  # too big to share
+        await send(_data_chunk(10 + tsn, tsn, 700))
+    await send(SackChunk())  # a control chunk: the DATA handed out before it leaves first
+    assert [[type(c).__name__ for c in parse_packet(p)[3]] for p in packets] == [
+        ["DataChunk"],
+        ["DataChunk"],
+        ["DataChunk"],
+        ["SackChunk"],
+    ]
+    assert all(len(p) <= MAX_PACKET for p in packets)
+    await asyncio.sleep(0)
+    assert len(packets) == 4 and (bundler.chunks, bundler.packets) == (8, 5)
+    assert ChunkBundler.install(object()) is None, "another aiortc without _send_chunk: left as it is"
+
+
+async def test_send_many_bundles_an_image_into_two_packets_over_real_peers() -> None:
+    async with WebRTCServer(port=0) as server, await connect_webrtc(server.url) as client:
+        rx = await server.accept(timeout=10)
+        assert client.bundler is not None
+        images = [
+            [(bytes([i]) * 30, "semantic"), (bytes([i]) * 430, "structure"), (bytes([i]) * 60, "texture"),
+             (bytes([i + 100]) * 60, "texture")]
+            for i in range(50)
+        ]  # fmt: skip
+        before = (client.bundler.chunks, client.bundler.packets)
+        for image in images:
+            await client.send_many(image)
+        got = [await rx.recv(timeout=5) for _ in range(4 * len(images))]
+        assert sorted(got) == sorted(d for image in images for d, _ in image), "every message, once"
+        await client.drain(timeout=5)
+        chunks, packets = client.bundler.chunks - before[0], client.bundler.packets - before[1]
+        assert chunks == 200 and packets == 100, (chunks, packets)
+        assert client.stats.sent == {"semantic": 50, "structure": 50, "texture": 100}
+    off = WebRTCConfig(bundle_chunks=False)
+    async with WebRTCServer(port=0, config=off) as server, await connect_webrtc(server.url, off) as client:
+        rx = await server.accept(timeout=10)
+        await client.send_many(images[0])
+        assert sorted([await rx.recv(timeout=5) for _ in range(4)]) == sorted(d for d, _ in images[0])
+        assert client.bundler is None
 
 
 @given(st.binary(min_size=32, max_size=32), st.booleans())
@@ -257,7 +329,8 @@ async def test_burst_on_unreliable_channel_is_paced_and_delivered() -> None:
 async def test_receiver_acknowledges_every_second_packet_and_a_lone_one_late() -> None:
     """Real aiortc peers: the receiving association sends about one SACK per two packets (RFC 4960
     delayed ack), nothing is lost, and a lone last packet is still acknowledged (drain returns)."""
-    async with WebRTCServer(port=0) as server, await connect_webrtc(server.url) as client:
+    own = WebRTCConfig(bundle_chunks=False)  # a packet per message, to count them
+    async with WebRTCServer(port=0, config=own) as server, await connect_webrtc(server.url, own) as client:
         rx = await server.accept(timeout=10)
         assert rx.delayed_ack is not None and rx.delayed_ack.delay == WebRTCConfig().sack_delay
         sent = [i.to_bytes(4, "big") * 50 for i in range(400)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -63,6 +63,17 @@ class Transport(ABC):
         if self._closed:
             raise TransportClosed(f"{type(self).__name__} is closed")
         await self._with_timeout(self._send(data, family), timeout, "send")
+
+    async def send_many(self, packets: Sequence[tuple[bytes, str]], *, timeout: float | None = None) -> None:
+        """Send (data, family) packets in order, as `send` would each; `timeout` covers them all. A
+        transport that can carry several in one datagram does (WebRTC: SCTP bundling, see `.sctp_bundle`)."""
+        if self._closed:
+            raise TransportClosed(f"{type(self).__name__} is closed")
+        await self._with_timeout(self._send_many(packets), timeout, "send")
+
+    async def _send_many(self, packets: Sequence[tuple[bytes, str]]) -> None:
+        for data, family in packets:
+            await self._send(data, family)
 
     async def recv(self, *, timeout: float | None = None) -> bytes:
         """The next packet; TransportClosed when the peer or this side closed, TransportTimeout after `timeout`."""

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from layercast.common.errors import AuthError, InputError, TransportClosed, Tran
 from layercast.common.identity import is_camera_name
 from layercast.common.transport.base import FAMILIES, Transport
 from layercast.common.transport.sctp_ack import MAX_DELAY, DelayedAck
+from layercast.common.transport.sctp_bundle import ChunkBundler
 
 if TYPE_CHECKING:
     from aiortc import RTCDataChannel, RTCPeerConnection
@@ -106,6 +107,10 @@ class WebRTCConfig:
     """If set, the remote SDP must carry one of these (``"sha-256 AB:CD:..."`` or just the hex)."""
     certificate_pem: bytes | None = None
     """PEM private key + certificate for a stable DTLS identity (see `generate_certificate_pem`)."""
+    bundle_chunks: bool = True
+    """Put DATA chunks handed to SCTP in one event-loop turn into shared packets, never two of one channel
+    (RFC 4960 bundling, see `.sctp_bundle`; `send_many` hands out a batch in one turn); False = a packet
+    per message, as aiortc does."""
     sack_delay: float = 0.02
     """Seconds a received SCTP packet's acknowledgement may wait to be sent together with the next one's
     (RFC 4960 delayed ack, at most 0.2; see `.sctp_ack`); 0 = acknowledge every packet, as aiortc does."""
@@ -354,6 +359,9 @@ class WebRTCTransport(Transport):
         self.delayed_ack: DelayedAck | None = None
         """The SCTP delayed-acknowledgement policy once the channels are open (None: `sack_delay` is 0,
         or this aiortc lacks the internals it wraps)."""
+        self.bundler: ChunkBundler | None = None
+        """The SCTP chunk bundler once the channels are open (None: `bundle_chunks` is off, or this aiortc
+        lacks the internals it wraps)."""
 
     async def __aenter__(self) -> WebRTCTransport:
         await self.open()
@@ -482,6 +490,8 @@ class WebRTCTransport(Transport):
                     log.debug("could not enlarge the ICE socket buffers", exc_info=True)
             if self.config.sack_delay and self.delayed_ack is None:
                 self.delayed_ack = DelayedAck.install(self.peer_connection.sctp, self.config.sack_delay)
+            if self.config.bundle_chunks and self.bundler is None:
+                self.bundler = ChunkBundler.install(self.peer_connection.sctp)
             self._opened.set()
 
     def _on_state(self) -> None:
@@ -538,6 +548,18 @@ class WebRTCTransport(Transport):
                 await asyncio.shield(self._pc.close())
 
     async def _send(self, data: bytes, family: str) -> None:
+        await self._send_one(data, family)
+        # One packet per event-loop turn: asyncio reads one UDP datagram per socket per turn, so a
+        # burst sent within one turn overflows the (loopback / same-process) receive buffer.
+        await asyncio.sleep(0)
+
+    async def _send_many(self, packets: Sequence[tuple[bytes, str]]) -> None:
+        # one turn for the batch: SCTP bundles its messages into as few packets as fit (`bundle_chunks`)
+        for data, family in packets:
+            await self._send_one(data, family)
+        await asyncio.sleep(0)
+
+    async def _send_one(self, data: bytes, family: str) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise InputError(f"send takes bytes, not {type(data).__name__}")
         if len(data) > self.config.max_message_bytes:
@@ -558,9 +580,6 @@ class WebRTCTransport(Transport):
                 ch.send(bytes(data))
             self.stats.sent[family] += 1
             self.stats.bytes_sent += len(data)
-            # One packet per event-loop turn: asyncio reads one UDP datagram per socket per turn, so a
-            # burst sent within one turn overflows the (loopback / same-process) receive buffer.
-            await asyncio.sleep(0)
 
     async def _recv(self) -> bytes:
         if self._closed:
