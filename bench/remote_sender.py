@@ -36,7 +36,11 @@ async def send(lcs: Path, url: str, count: int, profile: str) -> dict[str, float
         for i in range(count):
             await tx.send_image(images[i % len(images)])
         t_sent = time.perf_counter()
-    return {"send_s": round(t_sent - t0, 3), "total_s": round(time.perf_counter() - t0, 3)}
+    out = {"send_s": round(t_sent - t0, 3), "total_s": round(time.perf_counter() - t0, 3)}
+    bundler = getattr(transport, "bundler", None)  # WebRTC: the SCTP packets its messages left in
+    if bundler is not None:
+        out["sctp_packets"] = bundler.packets
+    return out
 
 
 def main(argv: list[str]) -> int:

@@ -272,6 +272,12 @@ async def _throughput(
     }
 
 
+def _datagrams(r: dict[str, Any]) -> str:
+    """' in N SCTP packets' when the sender bundled its WebRTC messages (see `sctp_bundle`), else ''."""
+    n = r.get("sender", {}).get("sctp_packets")
+    return f" in {n} SCTP packets" if n else ""
+
+
 def _repeat(repeats: int, run: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
     """The run with the median images/s of `repeats` runs, with every run's rate in `runs`."""
     return median_run([asyncio.run(run()) for _ in range(max(1, repeats))])
@@ -429,7 +435,8 @@ def format_table(result: dict[str, Any]) -> str:
             runs = ", ".join(f"{x:g}" for x in r.get("runs", []))
             lines.append(
                 f"    {name:<18} {r['images_per_s']!s:>6} images/s median (runs {runs}; median run: {r['finished']}/"
-                f"{r['images']} finished, {r['complete']} complete, {r['packets']} packets, {r.get('stages', '?')}"
+                f"{r['images']} finished, {r['complete']} complete, {r['packets']} packets{_datagrams(r)},"
+                f" {r.get('stages', '?')}"
                 f" stages in {r['seconds']} s;"
                 f" sender {r['sender'].get('send_s', r['sender'].get('error', '?'))} s)"
             )

@@ -56,3 +56,19 @@ def test_stream_bench_small_run(folder: Path) -> None:
         assert fleet["1_workers"]["images_per_s"] > 0 and fleet["2_workers"]["images_per_s"] > 0
     text = stream.format_table(res)
     assert "images/s" in text and "overhead" in text and "fleet" in text
+
+
+@pytest.mark.timeout(120)
+def test_throughput_run_over_webrtc_from_a_sender_process() -> None:
+    """The stream bench's throughput run on a few images: a real sender process over loopback WebRTC,
+    every image complete, and the per-layer profile's messages bundled into fewer SCTP packets."""
+    import asyncio
+
+    pytest.importorskip("aiortc")
+    from layercast.bench import stream
+    from tests.session_helpers import encoded_samples
+
+    r = asyncio.run(stream._throughput(encoded_samples(), 12, "webrtc"))
+    assert r["finished"] == r["complete"] == 12 and r["images_per_s"] > 0, r
+    assert r["sender"]["send_s"] > 0 and 0 < r["sender"]["sctp_packets"] < r["packets"], r
+    assert " in " in stream._datagrams(r) and stream._datagrams({"sender": {}}) == ""
