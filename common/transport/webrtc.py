@@ -488,10 +488,14 @@ class WebRTCTransport(Transport):
                     enlarge_socket_buffers(self.peer_connection, self.config.socket_buffer_bytes)
                 except Exception:  # pragma: no cover - aiortc internals moved
                     log.debug("could not enlarge the ICE socket buffers", exc_info=True)
-            if self.config.sack_delay and self.delayed_ack is None:
-                self.delayed_ack = DelayedAck.install(self.peer_connection.sctp, self.config.sack_delay)
-            if self.config.bundle_chunks and self.bundler is None:
-                self.bundler = ChunkBundler.install(self.peer_connection.sctp)
+            sctp = self.peer_connection.sctp
+            try:  # as above: the SCTP policies only ever install, or leave aiortc as it is
+                if self.config.sack_delay and self.delayed_ack is None:
+                    self.delayed_ack = DelayedAck.install(sctp, self.config.sack_delay)
+                if self.config.bundle_chunks and self.bundler is None:
+                    self.bundler = ChunkBundler.install(sctp)
+            except Exception:  # pragma: no cover - aiortc internals moved
+                log.debug("could not install delayed acks or chunk bundling", exc_info=True)
             self._opened.set()
 
     def _on_state(self) -> None:
