@@ -81,11 +81,7 @@ class ChunkBundler:
         if isinstance(existing, ChunkBundler):
             return existing
         policy = cls(sctp._send_chunk, DataChunk)
-
-        async def send_chunk(chunk: Any) -> None:
-            await policy.send_chunk(chunk)
-
-        sctp._send_chunk = send_chunk  # an instance attribute: shadows the method for this association
+        sctp._send_chunk = policy.send_chunk  # an instance attribute: shadows the method for this association
         sctp._layercast_bundler = policy
         return policy
 
