@@ -65,7 +65,11 @@ class EncodeOptions:
     (cells, quality) pairs of `preview_textures`, default ratecontrol.PREVIEW_TEXTURES, fits the richest
     edge rung beside each, decodes each with the preview decoder and keeps the best scoring
     (ratecontrol.preview_score: SSIM + 0.01 x PSNR against the image);
-    `texture_quality`, when set, pins the quality)."""
+    `texture_quality`, when set, pins the quality).
+
+    `bundle`: the budget counts the image as `.lcs` files carry it, in one packet (one set of ids, one header,
+    one CRC; ~35 bytes less than a packet per layer, which rate control spends on the layers); False counts
+    a packet per layer, as the per-layer links send it (`SendSession.encode_file` sets it from the link)."""
 
     bpp: float = 0.02
     max_bytes: int | None = None
@@ -80,6 +84,7 @@ class EncodeOptions:
     seed: int | None = None
     target: str = "sd"
     preview_textures: tuple[tuple[int, int], ...] | None = None
+    bundle: bool = True
 
     def validate(self) -> None:
         """Raise InputError on values a user can get wrong."""
@@ -299,7 +304,7 @@ def encode_image(
         )
 
     def size_of(rung: Rung | None, q: int | None, sem: EncodedLayer | None = None, cells: int = opts.cells_long) -> int:
-        return len(framing.images_to_container([build(rung, q, sem, cells)], order=opts.order))
+        return len(framing.images_to_container([build(rung, q, sem, cells)], order=opts.order, bundle=opts.bundle))
 
     rungs = [Rung(0, 0.0, 0)] if pose_layer is not None else ratecontrol.ladder(opts.max_long_side, opts.min_long_side)
     qualities: Sequence[int] = (
@@ -388,7 +393,7 @@ def encode_image(
     t3 = time.perf_counter()
     timings["rate_control_ms"] = (t3 - t2) * 1e3
     image = build(choice.rung, choice.texture_quality, cells=texture_cells)
-    data = framing.images_to_container([image], order=opts.order)
+    data = framing.images_to_container([image], order=opts.order, bundle=opts.bundle)
     timings["total_ms"] = (time.perf_counter() - t0) * 1e3
     sent = fitted.prompt if fitted is not None else None
     return EncodeResult(

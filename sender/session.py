@@ -362,9 +362,12 @@ class SendSession:
         With `encoder.auto_stripes` (no explicit stripe count), an image whose structure layer travels in one
         packet (bundled, or one fragment of its own: `edges_travel_whole`) is coded with one edge stripe:
         stripes exist so a lost packet costs one stripe; where the layer travels whole they only cost bytes
-        (~5% of the structure). Encoder warnings (an empty prompt) are logged.
+        (~5% of the structure). The budget counts one packet per image where this session bundles, else a
+        packet per layer (`EncodeOptions.bundle`). Encoder warnings (an empty prompt) are logged.
         """
         iid = self.next_image_id if image_id is None else image_id
+        if encoder.options.bundle != self.bundle:  # the budget counts the packets this link carries
+            encoder = encoder.with_options(bundle=self.bundle)
         result = None
         if encoder.auto_stripes and self.profile.mtu is not None:
             whole = encoder.with_options(stripe_rows=0).encode(path, stream_id=self.stream_id, image_id=iid)

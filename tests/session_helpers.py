@@ -21,16 +21,18 @@ def sample_paths() -> list[Path]:
 
 
 @functools.cache
-def encoded_samples(stream_id: int = 0) -> tuple[Any, ...]:
+def encoded_samples(stream_id: int = 0, bundle: bool = True) -> tuple[Any, ...]:
     """EncodeResults of every sample image (cached for the test session).
 
     The stream and image ids are part of every packet, so they count against the byte budget: encode with
     the ids the stream will carry (images 0, 1, ... of `stream_id`) to compare with what a receiver rebuilds.
+    `bundle`: the budget counts one packet per image, as files (False: a packet per layer, as the `file` link).
     """
     from layercast.cli import build_parser
     from layercast.cli_options import encoder_from_args
 
     encoder = encoder_from_args(build_parser().parse_args(["encode", "x", "-o", "x", *ENCODE_FLAGS]))
+    encoder = encoder.with_options(bundle=bundle)
     return tuple(encoder.encode(p, stream_id=stream_id, image_id=i) for i, p in enumerate(sample_paths()))
 
 

@@ -44,8 +44,10 @@ def test_one_packet_per_image_and_the_same_image_back() -> None:
 
 def test_container_round_trip_with_bundles() -> None:
     imgs = [encoded(i) for i in range(3)]
-    data = framing.images_to_container(imgs, bundle=True)
-    assert len(data) < len(framing.images_to_container(imgs))
+    data = framing.images_to_container(imgs)  # files bundle by default
+    assert data == framing.images_to_container(imgs, bundle=True)
+    per_layer = framing.images_to_container(imgs, bundle=False)
+    assert len(data) < len(per_layer) and len(list(framing.iter_container(per_layer))) == 9
     assert len(list(framing.iter_container(data))) == 3
     back = framing.container_to_images(data)
     assert [_layers(b) for b in back] == [_layers(i) for i in imgs]

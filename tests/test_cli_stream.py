@@ -36,14 +36,15 @@ def test_send_to_file_then_receive(tmp_path: Path, capsys: pytest.CaptureFixture
     args = build_parser().parse_args(["encode", "x", "-o", "x", *ENCODE_FLAGS])  # 32-row stripes, as encode
     for img, path in zip(sent["images"], sample_paths()[:2], strict=True):
         units = {x["family"]: x["units"] for x in img["layers"]}
-        coded = encoder_from_args(args).encode(path, stream_id=camera_id("cam3"), image_id=img["image_id"])
+        per_layer = encoder_from_args(args).with_options(bundle=False)  # the budget as the file link counts it
+        coded = per_layer.encode(path, stream_id=camera_id("cam3"), image_id=img["image_id"])
         assert units["structure"] == len(coded.image.layer("structure").units)  # type: ignore[union-attr]
     assert sent["camera"] == "cam3" and sent["stream_id"] == camera_id("cam3")
     assert main(["receive", "--on", f"file:{lcs}", "--out", str(out), "--camera", "cam3", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["images"] == got["complete"] == 2 and got["rejected"] == 0
     # the budget counts the stream id each packet carries, so the reference is coded as camera cam3
-    for iid, ref in enumerate(file_decodes(encoded_samples(stream_id=camera_id("cam3"))[:2])):
+    for iid, ref in enumerate(file_decodes(encoded_samples(stream_id=camera_id("cam3"), bundle=False)[:2])):
         assert np.array_equal(read_png(out / "cam3" / str(iid) / "final.png"), ref)
     assert (out / "events.jsonl").is_file()
     # unnamed, the images are filed under the stream id; named as another camera, every packet is refused

@@ -686,10 +686,10 @@ def test_smaller_than_jbig85_on_held_out_maps_counted_fairly() -> None:
         stream += stream_bytes(layer)
         payload += layer.nbytes
         jbig += jbig85_bytes(bits) or 0
-    # every byte the layer adds to a .lcs stream against whole JBIG85 files (20-byte header included):
-    # measured 0.867 (payload alone 0.820) for v4 in groups of 2 with the descriptor's short forms (0.872
-    # before them); v3 0.887 (0.841); v2 0.904 (0.857)
-    assert stream <= 0.875 * jbig and payload <= 0.83 * jbig, (stream, payload, jbig)
+    # every byte the layer adds to a .lcs file (its entry in the image's one packet) against whole JBIG85
+    # files (20-byte header included): measured 0.850 (payload alone 0.820) for v4 in groups of 2 (0.867 in a
+    # packet of its own); v3 0.871 (0.841); v2 0.887 (0.857)
+    assert stream <= 0.86 * jbig and payload <= 0.83 * jbig, (stream, payload, jbig)
 
 
 @pytest.mark.timeout(120)

@@ -85,7 +85,7 @@ def test_fleet_survives_broker_restart_and_worker_sigkill(tmp_path: Path) -> Non
         parts = [f"finals: { {c: sorted(v) for c, v in finals(out).items()} }"]
         for name, p in cameras.items():
             events = p.events()
-            counts = {k: sum(e["event"] == k for e in events) for k in ("queued", "sent", "link_down", "failed")}
+            counts = {k: sum(e.get("event") == k for e in events) for k in ("queued", "sent", "link_down", "failed")}
             parts.append(f"{name}: {counts}; last: {events[-3:] if events else None}")
         for name, p in [*cameras.items(), ("worker1", workers[0]), ("worker2", workers[1])]:
             parts.append(f"--- {name} ---\n{p.stderr()[-1500:]}")

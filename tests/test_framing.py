@@ -294,10 +294,12 @@ def test_mutated_valid_packets_raise_typed_errors(data: st.DataObject) -> None:
 
 
 def _golden_cases() -> dict[str, bytes]:
-    valid = framing.images_to_container([_image(units=[b"\x01\x02", b"", b"\x03"])])
+    img = _image(units=[b"\x01\x02", b"", b"\x03"])
+    valid = framing.images_to_container([img], bundle=False)  # one packet per layer
     p = framing.packetize(_image())[0]
     return {
         "valid_stream.lcs": valid,
+        "valid_bundled.lcs": framing.images_to_container([img]),  # as files are written: one packet per image
         "valid_packet_keyed.bin": framing.encode_packet(p, key=b"golden-key"),
         "invalid_crc.bin": _wire()[:-1] + bytes([_wire()[-1] ^ 0xFF]),
         "invalid_version.bin": _wire(version=2),
@@ -322,6 +324,8 @@ def test_golden_files_decode_as_documented() -> None:
         "semantic",
         "structure",
     ]
+    bundled = (GOLDEN / "valid_bundled.lcs").read_bytes()
+    assert len(list(framing.iter_container(bundled))) == 1 and framing.container_to_images(bundled) == imgs
     assert framing.decode_packet((GOLDEN / "valid_packet_keyed.bin").read_bytes(), key=b"golden-key").image_id == 3
     with pytest.raises(ChecksumError):
         framing.decode_packet((GOLDEN / "invalid_crc.bin").read_bytes())
