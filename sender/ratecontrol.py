@@ -131,6 +131,10 @@ def _bisect(budget: int, rungs: list[Rung], q: int | None, size_of: SizeFn) -> t
     return best, tries
 
 
+RICHER_CHECKS = 1
+"""Rungs richer than the guided search's pick that are measured as well, while they fit."""
+
+
 def _guided(
     budget: int, ranked: list[Rung], q: int | None, size_of: SizeFn, estimate: Callable[[Rung, int | None], int]
 ) -> tuple[tuple[Rung, int] | None, int]:
@@ -152,6 +156,16 @@ def _guided(
         if best is not None and best[0] == 0:
             break
     if best is not None:
+        # the estimates are off by different factors on different rungs: check the richer neighbours too
+        k, extra = best[0] - 1, 0
+        while k >= 0 and extra < RICHER_CHECKS:
+            if k not in measured:
+                measured[k] = size_of(ranked[k], q)
+                extra += 1
+            if measured[k] > budget:
+                break
+            best = (k, measured[k])
+            k -= 1
         return (ranked[best[0]], best[1]), len(measured)
     rest = [r for k, r in enumerate(ranked) if k > max(measured, default=-1)]
     found, n = _bisect(budget, rest, q, size_of)

@@ -77,6 +77,20 @@ def test_long_prompt_is_cut_to_fit_even_a_tiny_budget() -> None:
     assert res.warnings and "100-byte budget" in res.warnings[0]
 
 
+def test_files_bundle_each_image_and_the_budget_counts_it() -> None:
+    """A file holds one packet per image; the budget counts that packet, so the layers get the ~35 bytes a
+    packet per layer would cost. `bundle=False` counts (and writes) a packet per layer, as per-layer links."""
+    rgb, prompt = busy(), Prompt("a red bird on a branch")
+    per_layer = encode_image(rgb, prompt, options=EncodeOptions(max_bytes=500, bundle=False))
+    assert per_layer.fits and len(list(framing.iter_container(per_layer.data))) == len(per_layer.image.layers) == 3
+    assert len(framing.images_to_container([per_layer.image])) <= len(per_layer.data) - 30  # the same layers, bundled
+    budget = len(per_layer.data) - 30
+    bundled = encode_image(rgb, prompt, options=EncodeOptions(max_bytes=budget))
+    assert bundled.fits and len(list(framing.iter_container(bundled.data))) == 1
+    # what rate control picked fits only because the file bundles: a packet per layer would not fit
+    assert len(framing.images_to_container([bundled.image], bundle=False)) > budget
+
+
 def test_order_and_drop_options() -> None:
     res = encode_image(scene(), Prompt("a"), options=EncodeOptions(order=("texture", "structure", "semantic")))
     kinds = [p.kind for p in framing.packetize(res.image, order=("texture", "structure", "semantic"))]
