@@ -83,8 +83,8 @@ def test_files_bundle_each_image_and_the_budget_counts_it() -> None:
     rgb, prompt = busy(), Prompt("a red bird on a branch")
     per_layer = encode_image(rgb, prompt, options=EncodeOptions(max_bytes=500, bundle=False))
     assert per_layer.fits and len(list(framing.iter_container(per_layer.data))) == len(per_layer.image.layers) == 3
-    assert len(framing.images_to_container([per_layer.image])) <= len(per_layer.data) - 30  # the same layers, bundled
     budget = len(per_layer.data) - 30
+    assert len(framing.images_to_container([per_layer.image])) <= budget  # the same layers, bundled
     bundled = encode_image(rgb, prompt, options=EncodeOptions(max_bytes=budget))
     assert bundled.fits and len(list(framing.iter_container(bundled.data))) == 1
     # what rate control picked fits only because the file bundles: a packet per layer would not fit
