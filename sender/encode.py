@@ -61,9 +61,11 @@ class EncodeOptions:
     structure bytes, for links where no packet is lost alone).
 
     `target` is the decoder the split between edges and colour is made for: "sd" (default; `cells_long`
-    cells, the richest edge rung that fits) or "preview" (the CPU preview decoder: rate control tries the
+    cells, the richest edge rung that fits, then the finest colormap quality of ratecontrol.FILL_QUALITIES
+    that still fits beside it) or "preview" (the CPU preview decoder: rate control tries the
     (cells, quality) pairs of `preview_textures`, default ratecontrol.PREVIEW_TEXTURES, fits the richest
-    edge rung beside each, decodes each with the preview decoder and keeps the best scoring
+    edge rung beside each (then a finer quality where bytes are left, as above), decodes each with the
+    preview decoder and keeps the best scoring
     (ratecontrol.preview_score: SSIM + 0.01 x PSNR against the image);
     `texture_quality`, when set, pins the quality).
 
@@ -357,9 +359,15 @@ def encode_image(
                 layers.structure = pose
             return preview(layers)
 
+        def fitted(cells: int, q: int) -> ratecontrol.Choice:
+            choice = search(cells, (q,))
+            if opts.texture_quality is not None:
+                return choice
+            return ratecontrol.fill(budget, choice, lambda rung, qq: size_of(rung, qq, cells=cells))
+
         return ratecontrol.choose_preview(
             candidates,
-            lambda cells, q: search(cells, (q,)),
+            fitted,
             lambda choice, cells: decoded(choice.rung, choice.texture_quality or 0, cells),
             rgb,
         )
@@ -390,6 +398,8 @@ def encode_image(
             choice, texture_cells = found
         else:
             choice = search()
+            if opts.texture_quality is None and choice.texture_quality == qualities[0]:
+                choice = ratecontrol.fill(budget, choice, size_of)  # spend what the rung's step left on colour
     t3 = time.perf_counter()
     timings["rate_control_ms"] = (t3 - t2) * 1e3
     image = build(choice.rung, choice.texture_quality, cells=texture_cells)

@@ -5,7 +5,7 @@ The semantic layer is coded losslessly; it comes in already fitted (sender.promp
 documented order, when it does not fit beside the minimum layers, `floors`). The structure layer is the big
 one: a ladder of (working long side, Canny threshold scale, minimum edge length) rungs, richest first, is
 searched for the richest rung that fits; if none fits, texture quality is lowered, then structure, then
-texture are dropped.
+texture are dropped. What the chosen rung leaves goes to colour (`fill`: a finer colormap quality).
 
 The minimum structure and texture, which a prompt is cut to make room for: the poorest rung of the ladder
 (the `min_long_side` working side, default 32 px, at the coarsest threshold knob, 2.0 x Canny thresholds and
@@ -41,6 +41,11 @@ def ladder(max_long_side: int = 256, min_long_side: int = 32) -> list[Rung]:
 
 
 TEXTURE_QUALITIES: tuple[int, ...] = (50, 35, 20, 10)
+
+FILL_QUALITIES: tuple[int, ...] = (65, 80, 95)
+"""Colormap qualities above TEXTURE_QUALITIES' best that `fill` walks up, once the structure rung is chosen:
+the ladder's steps leave ~50 bytes of a 655-byte budget unused on average, and these spend them on finer
+colour (Oklab steps 1/2 to 1/7 of quality 50's)."""
 
 
 def floors(
@@ -116,6 +121,26 @@ def choose(
 SizeFn = Callable[[Rung | None, int | None], int]
 
 
+def fill(budget: int, choice: Choice, size_of: SizeFn, qualities: Sequence[int] = FILL_QUALITIES) -> Choice:
+    """`choice` with its texture quality raised along `qualities` (ascending; those above its own) while the
+    stream still fits beside its rung: the last that fits before one does not (a finer quality costs more
+    bytes, so one try settles it when nothing is left). `choice` itself (tries counted) when none fits, and
+    unchanged when it has no texture or does not fit."""
+    if not choice.fits or choice.texture_quality is None:
+        return choice
+    best = choice
+    tries = choice.tries
+    for q in qualities:
+        if q <= choice.texture_quality:
+            continue
+        size = size_of(choice.rung, q)
+        tries += 1
+        if size > budget:
+            break
+        best = Choice(choice.rung, q, size, True, tries)
+    return Choice(best.rung, best.texture_quality, best.total_bytes, True, tries)
+
+
 def _bisect(budget: int, rungs: list[Rung], q: int | None, size_of: SizeFn) -> tuple[tuple[Rung, int] | None, int]:
     lo, hi, tries = 0, len(rungs) - 1, 0
     best: tuple[Rung, int] | None = None
@@ -174,7 +199,8 @@ def _guided(
 
 PREVIEW_TEXTURES: tuple[tuple[int, int], ...] = ((24, 40), (24, 50), (28, 30), (28, 40), (32, 40), (36, 20))
 """(cells on the long side, colormap quality) tried by the preview target (`--target preview`). Each gets
-the richest edge rung that fits beside it (none when it leaves no room); the preview decoder, run on each,
+the richest edge rung that fits beside it (none when it leaves no room), then `fill` raises its quality
+where bytes are left; the preview decoder, run on each,
 picks the one that scores best (`preview_score`). These six were picked greedily, by that score, from 32
 (grids 20-40, qualities 20-50, with and without edges) on 23 shared AIGIs: colour alone never won (the
 colormap codec spends ~1.5 bits a cell, so a grid big enough to show detail leaves nothing for edges)."""

@@ -10,7 +10,9 @@ from layercast.common.types import Prompt
 from layercast.proto import framing
 from layercast.receiver.layers import layerset_from_image
 from layercast.receiver.preview import PreviewDecoder
-from layercast.sender.encode import EncodeOptions, encode_image
+from layercast.sender import ratecontrol
+from layercast.sender.encode import EncodeOptions, EncodeResult, encode_image
+from layercast.sender.extract_texture import colormap
 from tests.conftest import aigi_manifest, shared_data
 from tests.imaging import busy, scene
 
@@ -49,6 +51,47 @@ def test_bigger_budget_buys_richer_structure() -> None:
     assert big.image.layer("structure").nbytes > 2 * small.image.layer("structure").nbytes  # type: ignore[union-attr]
     assert big.rung is not None and small.rung is not None
     assert (big.rung.long_side, -big.rung.threshold_scale) > (small.rung.long_side, -small.rung.threshold_scale)
+
+
+def test_bytes_the_rung_leaves_go_to_finer_colour() -> None:
+    """The default split chooses the edge rung at quality 50, then spends what the rung's step left on a
+    finer colormap quality (ratecontrol.fill): the same rung, more exact cells, still within budget."""
+    prompt = Prompt("a red house under a yellow sun, watercolor")
+    rgb = busy(seed=2)
+    pinned = encode_image(rgb, prompt, options=EncodeOptions(texture_quality=50))  # no fill when pinned
+    filled = encode_image(rgb, prompt)
+    assert filled.rung == pinned.rung and pinned.texture_quality == 50
+    assert filled.texture_quality in ratecontrol.FILL_QUALITIES
+    assert pinned.total_bytes < filled.total_bytes <= filled.budget and filled.fits
+    truth = colormap(rgb).cells.astype(float)
+
+    def cell_error(res: EncodeResult) -> float:
+        texture = layerset_from_image(framing.container_to_images(res.data)[0]).texture
+        assert texture is not None
+        return float(np.abs(texture.cells.astype(float) - truth).mean())
+
+    assert cell_error(filled) < 0.7 * cell_error(pinned)
+
+
+def test_fill_walks_quality_up_while_it_fits() -> None:
+    sizes: dict[int | None, int] = {65: 620, 80: 650, 95: 700}
+    asked: list[int | None] = []
+
+    def size_of(rung: ratecontrol.Rung | None, q: int | None) -> int:
+        asked.append(q)
+        return sizes.get(q, 600)
+
+    rung = ratecontrol.Rung(192, 1.0, 0)
+    chosen = ratecontrol.Choice(rung, 50, 600, True, 3)
+    assert ratecontrol.fill(655, chosen, size_of) == ratecontrol.Choice(rung, 80, 650, True, 6)
+    assert asked == [65, 80, 95]
+    asked.clear()
+    assert ratecontrol.fill(610, chosen, size_of) == ratecontrol.Choice(rung, 50, 600, True, 4)  # none fits
+    assert asked == [65]  # one try settles it
+    assert ratecontrol.fill(999, chosen, size_of, (40, 95)).texture_quality == 95
+    assert ratecontrol.fill(700, ratecontrol.Choice(rung, 80, 640, True, 1), size_of).texture_quality == 95
+    no_texture = ratecontrol.Choice(rung, None, 500, True, 2)
+    assert ratecontrol.fill(655, no_texture, size_of) is no_texture
 
 
 def test_one_stripe_codes_the_same_edges_in_fewer_bytes() -> None:

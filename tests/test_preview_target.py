@@ -33,7 +33,9 @@ def test_preview_target_spends_on_colour_and_fits(make: object) -> None:
     assert pre.fits and len(pre.data) <= pre.budget == sd.budget == 655
     assert sd.texture_grid == (8, 8)
     assert pre.texture_grid is not None and max(pre.texture_grid) >= 24  # 24-36 cells on the long side
-    assert pre.layer_bytes()["texture"] > 3 * sd.layer_bytes()["texture"]
+    assert pre.layer_bytes()["texture"] > sd.layer_bytes()["texture"]  # (the SD split's is at a fill quality)
+    sd50 = encode_image(rgb, Prompt("a house by a lake"), options=EncodeOptions(texture_quality=50))
+    assert pre.layer_bytes()["texture"] > 3 * sd50.layer_bytes()["texture"]
     assert pre.layer_bytes().get("structure", 0) <= sd.layer_bytes()["structure"]  # (equal when all edges fit)
     # the preview decoder gets closer to the image from the split made for it
     got_sd, got_pre = (preview(layerset_from_image(r.image)) for r in (sd, pre))
@@ -43,7 +45,8 @@ def test_preview_target_spends_on_colour_and_fits(make: object) -> None:
 def test_preview_target_pins_and_limits() -> None:
     rgb = scene(384, 256, seed=5)
     res = encode_image(rgb, Prompt("a"), options=EncodeOptions(target="preview", preview_textures=((12, 45),)))
-    assert res.texture_grid == (8, 12) and res.texture_quality == 45 and res.fits  # landscape: 12 x 8 cells
+    assert res.texture_grid == (8, 12) and res.fits  # landscape: 12 x 8 cells
+    assert res.texture_quality in ratecontrol.FILL_QUALITIES  # the bytes left went to a finer quality than 45
     res = encode_image(rgb, Prompt("a"), options=EncodeOptions(target="preview", texture_quality=33))
     assert res.texture_quality == 33 and res.fits
     tiny = encode_image(rgb, Prompt("a"), options=EncodeOptions(target="preview", max_bytes=120))
