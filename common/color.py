@@ -42,8 +42,14 @@ def _float(x: np.ndarray) -> np.ndarray:
 
 
 def srgb8_to_linear(rgb: np.ndarray) -> np.ndarray:
-    """uint8 sRGB -> linear light in [0, 1] (float32, via a 256-entry table)."""
-    return _SRGB8_TO_LINEAR[np.asarray(rgb, dtype=np.uint8)]
+    """uint8 sRGB -> linear light in [0, 1] (float32, via a 256-entry table; OpenCV's LUT for images of
+    1-4 channels, ~4x faster than numpy's indexing on 512x512 RGB, same values)."""
+    a = np.asarray(rgb, dtype=np.uint8)
+    if a.ndim in (2, 3) and a.size and (a.ndim == 2 or a.shape[2] <= 4):
+        import cv2
+
+        return np.asarray(cv2.LUT(np.ascontiguousarray(a), _SRGB8_TO_LINEAR)).reshape(a.shape)
+    return _SRGB8_TO_LINEAR[a]
 
 
 def linear_to_srgb(lin: np.ndarray) -> np.ndarray:

@@ -43,6 +43,10 @@ def colormap(rgb: np.ndarray, cells_long: int = DEFAULT_CELLS_LONG) -> Colormap:
     h, w = rgb.shape[:2]
     gh, gw = grid_for(w, h, cells_long)
     lin = srgb8_to_linear(rgb)
+    if h >= gh and w >= gw:  # OpenCV's area resampling: the same area averages (in float32), ~3x faster
+        import cv2
+
+        return Colormap(cells=linear_to_srgb8(np.asarray(cv2.resize(lin, (gw, gh), interpolation=cv2.INTER_AREA))))
     by_rows = (_bin_matrix(h, gh) @ lin.reshape(h, w * 3).astype(np.float64)).reshape(gh, w, 3)
     cells = np.einsum("gwc,kw->gkc", by_rows, _bin_matrix(w, gw))
     return Colormap(cells=linear_to_srgb8(cells))

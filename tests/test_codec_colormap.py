@@ -134,12 +134,14 @@ def _decode_or_error(unit: bytes, gh: int, gw: int, quality: int, compiled: bool
 @settings(max_examples=80, deadline=None)
 @given(data=st.data())
 def test_compiled_decoder_matches_plain_python_on_good_and_damaged_units(data: st.DataObject) -> None:
-    """The numba kernel (colormap_fast) and the plain-Python decoder give the same grid or the same error."""
+    """The numba kernel (colormap_fast) and the plain-Python coder give the same bytes (encoding), and the
+    same grid or the same error (decoding)."""
     assert cmc.colormap_fast.compiled() is not None, "numba is part of the dev extra"
     cells = data.draw(cells_st)
     quality = data.draw(st.integers(1, 100))
     gh, gw = cells.shape[:2]
     unit = cmc._encode_grid(quantise(cells, quality), quality)
+    assert unit == cmc._encode_grid(quantise(cells, quality), quality, compiled=False)
     units = [unit, unit + data.draw(st.binary(min_size=1, max_size=4)), unit[: max(0, len(unit) - 1)]]
     if unit:
         flipped = bytearray(unit)
@@ -153,6 +155,13 @@ def test_compiled_decoder_matches_plain_python_on_good_and_damaged_units(data: s
         else:
             assert isinstance(fast, np.ndarray) and np.array_equal(fast, slow)
     assert np.array_equal(cmc._decode_grid(unit, gh, gw, quality), quantise(cells, quality))
+
+
+def test_compiled_encoder_refuses_a_value_outside_the_box() -> None:
+    grid = quantise(np.zeros((2, 2, 3), np.uint8), 50)
+    grid[1, 1, 0] = cmc._quantiser(50).qhi[0] + 1
+    with pytest.raises(CodecError, match="outside its channel's range"):
+        cmc._encode_grid(grid, 50)
 
 
 @settings(max_examples=60, deadline=None)
@@ -265,6 +274,24 @@ def test_colormap_is_area_average_in_linear_light() -> None:
     half[:, 10:] = 255
     cells = colormap(half, cells_long=2).cells
     assert cells.shape == (1, 2, 3) and cells[0, 0, 0] == 0 and cells[0, 1, 0] == 255
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (512, 512), (300, 451), (9, 200)])
+def test_colormap_cells_are_exact_area_averages(shape: tuple[int, int]) -> None:
+    """Cells straddle pixels (sizes not divisible by the grid): each is the area-weighted mean in linear
+    light, checked against a supersampled reference (every pixel repeated grid-size times along each axis,
+    so that cell borders fall on whole samples)."""
+    h, w = shape
+    rgb = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    for cells in (8, 5, 28):
+        gh, gw = grid_for(w, h, cells)
+        lin = np.where(rgb / 255.0 <= 0.04045, rgb / 3294.6, ((rgb / 255.0 + 0.055) / 1.055) ** 2.4)
+        sup = np.repeat(np.repeat(lin, gh, axis=0), gw, axis=1)  # (h * gh, w * gw): cell = h x w samples
+        ref = sup.reshape(gh, h, gw, w, 3).mean(axis=(1, 3))
+        want = np.clip(np.rint(np.where(ref <= 0.0031308, ref * 12.92, 1.055 * ref ** (1 / 2.4) - 0.055) * 255), 0, 255)
+        got = colormap(rgb, cells_long=cells).cells.astype(int)
+        assert got.shape == (gh, gw, 3)
+        assert np.abs(got - want).max() <= 1 and np.mean(got != want) < 0.01
 
 
 def test_real_images_fit_100_bytes_at_default_quality() -> None:

@@ -170,8 +170,12 @@ def _walk(gh: int, gw: int, quality: int, grid: list[int]) -> Iterator[tuple[int
                 i += 1
 
 
-def _encode_grid(grid: np.ndarray, quality: int) -> bytes:
-    """Range-code a quantised (gh, gw, 3) grid."""
+def _encode_grid(grid: np.ndarray, quality: int, *, compiled: bool = True) -> bytes:
+    """Range-code a quantised (gh, gw, 3) grid (the numba kernel of `colormap_fast` when installed: the
+    same bytes)."""
+    kernel = colormap_fast.compiled() if compiled else None
+    if kernel is not None:
+        return _encode_grid_compiled(kernel, grid, quality)
     gh, gw = grid.shape[:2]
     flat = grid.reshape(-1).tolist()
     enc = RangeEncoder()
@@ -199,25 +203,41 @@ def _decode_grid(unit: bytes, gh: int, gw: int, quality: int, *, compiled: bool 
     return _decode_grid_python(unit, gh, gw, quality)
 
 
-def _decode_grid_compiled(kernel: Any, unit: bytes, gh: int, gw: int, quality: int) -> np.ndarray:
+def _run_kernel(
+    kernel: Any, decode: int, unit: bytes, flat: np.ndarray, gh: int, gw: int, quality: int
+) -> tuple[int, RangeEncoder]:
+    """One `colormap_fast` kernel call: (result code, the encoder in the state it left)."""
     qz = _quantiser(quality)
     radius = (qz.qhi - qz.qlo).astype(np.int64)
     rmax = int(radius.max())
-    flat = np.zeros(gh * gw * 3, np.int64)
     out = np.zeros(len(unit) + 16 + 5 * gh * gw * 3, np.uint8)  # a symbol costs at most 33 bits
     state = np.zeros(6, np.uint64)
     rc = kernel(
-        np.frombuffer(unit, np.uint8), len(unit), gh, gw, radius,
+        decode, np.frombuffer(unit, np.uint8), len(unit), gh, gw, radius,
         np.rint(_FIRST_GUESS / qz.step).astype(np.int64), (_PRIOR_ABS / qz.step).astype(np.float64),
         qz.qlo.astype(np.int64), qz.qhi.astype(np.int64), _PRIOR_WEIGHT, _MIN_SCALE, _PEAK_FREQ,
         flat, np.zeros(2 * rmax + 2, np.int64), np.zeros(max(rmax, 1), np.int64), out, state,
     )  # fmt: skip
+    low, carry, rng, cache, cache_size, n_out = (int(x) for x in state)
+    return rc, RangeEncoder.resume(low + (carry << 64), rng, cache, cache_size, out[:n_out].tobytes())
+
+
+def _encode_grid_compiled(kernel: Any, grid: np.ndarray, quality: int) -> bytes:
+    gh, gw = grid.shape[:2]
+    flat = np.ascontiguousarray(grid, dtype=np.int64).reshape(-1)
+    rc, enc = _run_kernel(kernel, 0, b"", flat, gh, gw, quality)
+    if rc != colormap_fast.OK:  # quantise() keeps every value in its box
+        raise CodecError(f"colormap grid value outside its channel's range (kernel result {rc})")
+    return enc.finish()
+
+
+def _decode_grid_compiled(kernel: Any, unit: bytes, gh: int, gw: int, quality: int) -> np.ndarray:
+    flat = np.zeros(gh * gw * 3, np.int64)
+    rc, enc = _run_kernel(kernel, 1, unit, flat, gh, gw, quality)
     if rc == colormap_fast.CORRUPT:
         raise CodecError(_CORRUPT)
     if rc == colormap_fast.GAMUT:
         raise CodecError(_GAMUT)
-    low, carry, rng, cache, cache_size, n_out = (int(x) for x in state)
-    enc = RangeEncoder.resume(low + (carry << 64), rng, cache, cache_size, out[:n_out].tobytes())
     if rc == colormap_fast.OVERRUN or enc.finish() != unit:
         raise CodecError(_NOT_CANONICAL)
     return flat.reshape(gh, gw, 3)

@@ -1,12 +1,14 @@
-"""The colormap decoder compiled with numba (the `fast` extra): the same walk, model and range coding as
-`colormap._decode_grid`, in fixed-width integers, about 20x faster. Without numba `decode_grid` returns
-None and the plain-Python decoder runs; tests hold the two to the same values and the same errors.
+"""The colormap decoder and encoder compiled with numba (the `fast` extra): the same walk, model and range
+coding as `colormap._decode_grid` / `_encode_grid`, in fixed-width integers, about 20x faster. Without
+numba `compiled` returns None and the plain-Python coder runs; tests hold the two to the same values, the
+same bytes and the same errors.
 
 The kernel mirrors, step for step: `colormap._walk` (MED prediction, running |residual| scale in
 float64, the same operations in the same order), `colormap._model` (integer geometric tables), and
 `rangecoder.RangeDecoder` / `RangeEncoder` with the 64-bit range in uint64 (the encoder's carry, bit 64
-of `low`, kept in its own variable). The encoder re-codes every decoded symbol; its terminated output
-must equal the unit, which `rangecoder.RangeEncoder.resume(...).finish()` checks in Python.
+of `low`, kept in its own variable). Decoding, the encoder re-codes every decoded symbol; its terminated
+output must equal the unit, which `rangecoder.RangeEncoder.resume(...).finish()` checks in Python.
+Encoding runs the same loop on the known values, without the decoder; Python terminates the stream.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ _FF = np.uint64(0xFF)
 
 
 def _kernel(
+    decode: int,
     unit: Any,
     n_unit: int,
     gh: int,
@@ -49,15 +52,16 @@ def _kernel(
     out: Any,
     state: Any,
 ) -> int:
-    """Decode gh * gw * 3 symbols of `unit` into `flat` and re-code them into `out`; see the module doc.
-
-    `state` receives the encoder's (low, carry, range, cache, cache_size, bytes written) as uint64.
+    """`decode` 1: decode gh * gw * 3 symbols of `unit` into `flat` and re-code them into `out`; 0: code the
+    values already in `flat` into `out` (`unit` unused; GAMUT if one is outside its channel's box). See
+    the module doc. `state` receives the encoder's (low, carry, range, cache, cache_size, bytes written)
+    as uint64.
     """
     # decoder
     rng = np.uint64(0xFFFFFFFFFFFFFFFF)
     code = np.uint64(0)
     pos = 0
-    for _ in range(8):
+    for _ in range(8 if decode else 0):
         b = np.uint64(unit[pos]) if pos < n_unit else np.uint64(0)
         pos += 1
         code = (code << _U8) | b
@@ -126,32 +130,38 @@ def _kernel(
                     acc += tail[k]
                     cum[rad + 2 + k] = acc
                 total = acc
-                # decode one symbol
                 ut = np.uint64(total)
-                rr = rng // ut
-                v = code // rr
-                if v >= ut:
-                    return CORRUPT
-                t = np.int64(v)
-                lo_i = 0
-                hi_i = 2 * rad + 2
-                while lo_i < hi_i:
-                    mid = (lo_i + hi_i) // 2
-                    if t < cum[mid]:
-                        hi_i = mid
-                    else:
-                        lo_i = mid + 1
-                sym = lo_i - 1
+                rr = np.uint64(0)
+                if decode:  # decode one symbol
+                    rr = rng // ut
+                    v = code // rr
+                    if v >= ut:
+                        return CORRUPT
+                    t = np.int64(v)
+                    lo_i = 0
+                    hi_i = 2 * rad + 2
+                    while lo_i < hi_i:
+                        mid = (lo_i + hi_i) // 2
+                        if t < cum[mid]:
+                            hi_i = mid
+                        else:
+                            lo_i = mid + 1
+                    sym = lo_i - 1
+                else:  # the symbol of the given value
+                    sym = flat[i] - pred + rad
+                    if flat[i] < qlo[ch] or flat[i] > qhi[ch] or sym < 0 or sym > 2 * rad:
+                        return GAMUT
                 lo = cum[sym]
                 freq = cum[sym + 1] - lo
-                code -= rr * np.uint64(lo)
-                rng = rr * np.uint64(freq)
-                while rng < _BOT:
-                    b = np.uint64(unit[pos]) if pos < n_unit else np.uint64(0)
-                    pos += 1
-                    code = (code << _U8) | b
-                    rng = rng << _U8
-                # re-code it
+                if decode:
+                    code -= rr * np.uint64(lo)
+                    rng = rr * np.uint64(freq)
+                    while rng < _BOT:
+                        b = np.uint64(unit[pos]) if pos < n_unit else np.uint64(0)
+                        pos += 1
+                        code = (code << _U8) | b
+                        rng = rng << _U8
+                # (re-)code it
                 er = erng // ut
                 add = er * np.uint64(lo)
                 new_low = low + add
