@@ -243,20 +243,13 @@ def encode_image(
     def texture(q: int | None, cells: int = opts.cells_long) -> EncodedLayer | None:
         if q is None or not with_texture:
             return None
-        if cells not in colormaps and opts.target == "preview":  # several grids: one linear-light image
-            import cv2
-
-            from layercast.common.color import linear_to_srgb8, srgb8_to_linear
-            from layercast.sender.extract_texture import grid_for
+        if cells not in colormaps:  # the preview target cuts several grids: one linear-light image for all
+            from layercast.common.color import srgb8_to_linear
+            from layercast.sender.extract_texture import colormap_of_linear
 
             if not linear:
                 linear.append(srgb8_to_linear(rgb))
-            gh, gw = grid_for(width, height, cells)  # area averages in linear light, as extract_texture's
-            colormaps[cells] = Colormap(linear_to_srgb8(cv2.resize(linear[0], (gw, gh), interpolation=cv2.INTER_AREA)))
-        if cells not in colormaps:
-            from layercast.sender.extract_texture import colormap
-
-            colormaps[cells] = colormap(rgb, cells_long=cells)
+            colormaps[cells] = colormap_of_linear(linear[0], cells_long=cells)
         if (cells, q) not in texture_cache:
             texture_cache[cells, q] = get_codec(COLORMAP_PRED).compress(colormaps[cells], quality=q)
         return texture_cache[cells, q]
@@ -338,6 +331,13 @@ def encode_image(
             estimate=(lambda rung, q: estimate(rung, q, cells)) if efn is not None else None,
         )
 
+    def filled(choice: ratecontrol.Choice, cells: int = opts.cells_long) -> ratecontrol.Choice:
+        """`choice` with what its rung leaves spent on a finer colormap (`ratecontrol.fill`) unless the quality
+        is pinned."""
+        if opts.texture_quality is not None:
+            return choice
+        return ratecontrol.fill(budget, choice, lambda rung, q: size_of(rung, q, cells=cells))
+
     def preview_search() -> tuple[ratecontrol.Choice, int] | None:
         """The preview target: per (cells, quality) candidate the richest rung that fits beside it, scored by
         ratecontrol.preview_score of the preview decoder's output; None when no candidate's texture fits."""
@@ -359,15 +359,9 @@ def encode_image(
                 layers.structure = pose
             return preview(layers)
 
-        def fitted(cells: int, q: int) -> ratecontrol.Choice:
-            choice = search(cells, (q,))
-            if opts.texture_quality is not None:
-                return choice
-            return ratecontrol.fill(budget, choice, lambda rung, qq: size_of(rung, qq, cells=cells))
-
         return ratecontrol.choose_preview(
             candidates,
-            fitted,
+            lambda cells, q: filled(search(cells, (q,)), cells),
             lambda choice, cells: decoded(choice.rung, choice.texture_quality or 0, cells),
             rgb,
         )
@@ -398,8 +392,8 @@ def encode_image(
             choice, texture_cells = found
         else:
             choice = search()
-            if opts.texture_quality is None and choice.texture_quality == qualities[0]:
-                choice = ratecontrol.fill(budget, choice, size_of)  # spend what the rung's step left on colour
+            if choice.texture_quality == qualities[0]:  # (a lower quality left nothing for a finer one)
+                choice = filled(choice)
     t3 = time.perf_counter()
     timings["rate_control_ms"] = (t3 - t2) * 1e3
     image = build(choice.rung, choice.texture_quality, cells=texture_cells)

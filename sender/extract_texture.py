@@ -40,9 +40,14 @@ def colormap(rgb: np.ndarray, cells_long: int = DEFAULT_CELLS_LONG) -> Colormap:
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise InputError(f"colormap needs a uint8 RGB image (H, W, 3), got {rgb.dtype} {rgb.shape}")
-    h, w = rgb.shape[:2]
+    return colormap_of_linear(srgb8_to_linear(rgb), cells_long)
+
+
+def colormap_of_linear(lin: np.ndarray, cells_long: int = DEFAULT_CELLS_LONG) -> Colormap:
+    """`colormap` of an image already in linear light (float (H, W, 3), `srgb8_to_linear`): for callers that
+    cut one image into several grids."""
+    h, w = lin.shape[:2]
     gh, gw = grid_for(w, h, cells_long)
-    lin = srgb8_to_linear(rgb)
     if h >= gh and w >= gw:  # OpenCV's area resampling: the same area averages (in float32), ~3x faster
         import cv2
 

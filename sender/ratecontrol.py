@@ -128,8 +128,7 @@ def fill(budget: int, choice: Choice, size_of: SizeFn, qualities: Sequence[int] 
     unchanged when it has no texture or does not fit."""
     if not choice.fits or choice.texture_quality is None:
         return choice
-    best = choice
-    tries = choice.tries
+    quality, total, tries = choice.texture_quality, choice.total_bytes, choice.tries
     for q in qualities:
         if q <= choice.texture_quality:
             continue
@@ -137,8 +136,8 @@ def fill(budget: int, choice: Choice, size_of: SizeFn, qualities: Sequence[int] 
         tries += 1
         if size > budget:
             break
-        best = Choice(choice.rung, q, size, True, tries)
-    return Choice(best.rung, best.texture_quality, best.total_bytes, True, tries)
+        quality, total = q, size
+    return Choice(choice.rung, quality, total, True, tries)
 
 
 def _bisect(budget: int, rungs: list[Rung], q: int | None, size_of: SizeFn) -> tuple[tuple[Rung, int] | None, int]:
