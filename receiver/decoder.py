@@ -19,7 +19,13 @@ StepCallback = Callable[[int, int, np.ndarray | None], None]
 
 
 class Decoder(Protocol):
-    """Turns available layers into an image."""
+    """Turns available layers into an image.
+
+    A decoder may also set `light = True`: its decodes take milliseconds on the CPU (the preview
+    decoder), so `ReceiveSession` runs them on its layer worker threads, and the session's CPU work never
+    has more threads than those. Without it (a GPU or multi-second decoder, such as SD) decodes get
+    threads of their own, and layer decoding never waits behind them.
+    """
 
     name: str
 

@@ -226,6 +226,8 @@ class PreviewDecoder:
     receivers that must keep up with many images per second)."""
 
     name = "preview"
+    light = True
+    """Decodes take milliseconds on the CPU: `ReceiveSession` runs them on its layer worker threads."""
 
     def __init__(self, style: str = "clean") -> None:
         if style == "fast":

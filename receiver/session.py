@@ -10,7 +10,9 @@ off the event loop, by `layer_threads` worker threads per session (the codecs' n
 GIL, so two decode at once on two cores), its value handed back in arrival order: the assembler hands it
 out as a `LayerDecodeJob` and takes the value back (`defer_decode`), so the loop goes on reading packets
 meanwhile (`layer_worker=False`: decoded on the loop, inside `feed`). Each `LayerSetChanged` schedules a decode of
-that image's layer set in a worker thread (at most `max_decodes` at once, one at a time per image; held
+that image's layer set in a worker thread (at most `max_decodes` at once, one at a time per image; a `light`
+decoder's (the preview's) on the layer workers themselves, so the CPU is not split between more threads
+than those, other decoders' on threads of their own; held
 while more layers of the image are still being decoded, so the stage decoded is the newest); a decode
 still running when a different (richer) layer set arrives is told to stop through the decoder's
 `should_stop` and its result is dropped, so each stage supersedes the last. `ImageReady` makes the final
@@ -47,7 +49,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -68,6 +70,8 @@ from layercast.receiver.events import (
 )
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 EVENTS_FILE = "events.jsonl"
 REPLAY_DIR = ".replay"
@@ -866,7 +870,7 @@ class ReceiveSession:
                     if stop.is_set() and not job.final:
                         rgb, ms, error = None, 0.0, None
                     else:
-                        rgb, ms, error, notes = await asyncio.to_thread(self._decode, job.layers, stop)
+                        rgb, ms, error, notes = await self._in_decode_thread(self._decode, job.layers, stop)
             finally:
                 st.running, st.stop = None, None
             if stop.is_set() and not job.final:
@@ -914,6 +918,15 @@ class ReceiveSession:
         if coalesced:
             record["coalesced"] = True
         self._write(record, self._loop.time())
+
+    async def _in_decode_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """fn(*args) in a worker thread: a layer worker for a `light` decoder (one pool for all the session's
+        CPU work: on two cores, two preview decodes beside two layer decodes and the loop made the stream
+        bench ~15% slower), else a thread of the loop's default executor."""
+        assert self._loop is not None
+        if getattr(self.decoder, "light", False) and self._layer_pool is not None:
+            return await self._loop.run_in_executor(self._layer_pool, functools.partial(fn, *args))
+        return await asyncio.to_thread(fn, *args)
 
     def _decode(
         self, layers: LayerSet, stop: threading.Event

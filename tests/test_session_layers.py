@@ -4,6 +4,7 @@ falls behind (latest wins, finals never dropped), outputs identical to the seque
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -173,6 +174,33 @@ async def test_layer_worker_outputs_equal_the_sequential_path(tmp_path: Path, la
     assert rgb_a.keys() == rgb_b.keys() and all(np.array_equal(rgb_a[k], rgb_b[k]) for k in rgb_a)
     assert {k: v[:2] for k, v in ready_a.items()} == {k: v[:2] for k, v in ready_b.items()}
     assert layers_a == layers_b
+
+
+class ThreadNoting(PreviewDecoder):
+    """The preview decoder, noting the thread each decode ran on; `light` as given."""
+
+    def __init__(self, light: bool) -> None:
+        super().__init__("fast")
+        self.light = light
+        self.threads: list[str] = []
+
+    def decode(self, layers: LayerSet, **kw: Any) -> np.ndarray:
+        self.threads.append(threading.current_thread().name)
+        return super().decode(layers, **kw)
+
+
+@pytest.mark.parametrize(("light", "layer_worker"), [(True, True), (False, True), (True, False)])
+async def test_light_decoders_run_on_the_layer_workers(light: bool, layer_worker: bool) -> None:
+    dec = ThreadNoting(light)
+    rx, stages, _events, ids = await _receive_all(None, layer_worker=layer_worker, decoder=dec, layer_threads=2)
+    assert sorted(s.image_id for s in stages if s.final) == sorted(ids)
+    assert dec.threads and not any(t == "MainThread" for t in dec.threads), "decodes never run on the loop"
+    on_workers = [t for t in dec.threads if t.startswith("layercast-layers")]
+    if light and layer_worker:  # one pool of layer_threads threads for all the session's CPU work
+        assert on_workers == dec.threads and 1 <= len(set(on_workers)) <= 2, dec.threads
+    else:  # threads of their own: a slow decoder never holds up layer decoding
+        assert not on_workers, dec.threads
+    assert rx.summary.complete == len(ids) and rx.summary.rejected == 0
 
 
 def _job(nbytes: int, i: int) -> LayerDecodeJob:
