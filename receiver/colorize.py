@@ -229,9 +229,10 @@ class _System:
 
     def apply(self, x: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
         """out = the system matrix times x (`tmp`: a scratch vector of the same size)."""
-        self._spread(self._means(x), out)
+        means = self._means(x)
         if self.cell_weight != 1.0:
-            out *= self.cell_weight
+            means *= self.cell_weight  # on the cells, not on every pixel: the same values, a pass less
+        self._spread(means, out)
         np.multiply(x, self.pull, out=tmp)
         out += tmp
         n = x.size  # + the weighted graph Laplacian of the links times x
@@ -395,36 +396,43 @@ def corrected(
     field: np.ndarray, smooth: np.ndarray, edge: np.ndarray, coefficients: tuple[tuple[float, ...], ...]
 ) -> np.ndarray:
     """sRGB field (rows, cols, 3) after the correction: per channel, the weighted sum of
-    `correction_features` (computed here in factored form, without materialising them: 3-4x faster)."""
+    `correction_features` (computed here in factored form, one contiguous channel plane at a time, without
+    materialising them; half the time of the same sums over interleaved channels)."""
     import cv2
 
     w = np.asarray(coefficients, np.float32)
     if w.shape != (3, CORRECTION_TERMS):
         raise ValueError(f"correction coefficients of shape {w.shape}, need (3, {CORRECTION_TERMS})")
-    f = field.astype(np.float32, copy=False)
-    b = smooth.astype(np.float32, copy=False)
+    f3 = field.astype(np.float32, copy=False)
+    b3 = smooth.astype(np.float32, copy=False)
+    fp = [np.ascontiguousarray(f3[:, :, c]) for c in range(3)]
+    bp = [np.ascontiguousarray(b3[:, :, c]) for c in range(3)]
     e = edge.astype(np.float32)
+    dens = [cv2.GaussianBlur(e, (0, 0), r) for r in DENSITY_RADII]
+    m = np.ascontiguousarray(f3.mean(axis=2))
+    g = _gradient(b3)
     nd = len(DENSITY_RADII)
-    f_coef = w[:, 0] + w[:, 1] * f + w[:, 2] * f * f  # per pixel: what multiplies f (f, f^2, f^3 folded)
-    out = w[:, 3] + np.zeros_like(f)
     b_at = 4 + 2 * nd  # b, b^2, f b, f b^2, f^2 b (then b D per radius)
-    out += b * (w[:, b_at] + w[:, b_at + 1] * b)
-    f_coef += b * (w[:, b_at + 2] + w[:, b_at + 3] * b + w[:, b_at + 4] * f)
     m_at = b_at + 5 + nd  # m, m f
     x_at = m_at + 2  # b of channels c + 1, c + 2; f of channel c + 1
-    d_at = x_at + 3  # D f^2 per radius, then D^2 per radius
-    for i, r in enumerate(DENSITY_RADII):
-        d = cv2.GaussianBlur(e, (0, 0), r)[:, :, None]
-        f_coef += d * (w[:, 4 + i] + w[:, d_at + i] * f)
-        out += d * (w[:, 4 + nd + i] + w[:, b_at + 5 + i] * b + w[:, d_at + nd + i] * d)
-    m = f.mean(axis=2, keepdims=True)
-    out += w[:, m_at] * m
-    f_coef += w[:, m_at + 1] * m
-    out += w[:, x_at] * b[:, :, _NEXT] + w[:, x_at + 1] * b[:, :, _AFTER]
-    out += w[:, x_at + 2] * f[:, :, _NEXT]
-    g = _gradient(b)[:, :, None]
-    out += g * (w[:, d_at + 2 * nd] + w[:, d_at + 2 * nd + 1] * f)
-    out += f_coef * f
+    d_at = x_at + 3  # D f^2 per radius, then D^2 per radius; then g, g f
+    out = np.empty(f3.shape, np.float32)
+    for c in range(3):
+        wc, f, b = w[c], fp[c], bp[c]
+        f_coef = wc[0] + wc[1] * f + wc[2] * f * f  # per pixel: what multiplies f (f, f^2, f^3 folded)
+        o = wc[3] + np.zeros_like(f)
+        o += b * (wc[b_at] + wc[b_at + 1] * b)
+        f_coef += b * (wc[b_at + 2] + wc[b_at + 3] * b + wc[b_at + 4] * f)
+        for i, d in enumerate(dens):
+            f_coef += d * (wc[4 + i] + wc[d_at + i] * f)
+            o += d * (wc[4 + nd + i] + wc[b_at + 5 + i] * b + wc[d_at + nd + i] * d)
+        o += wc[m_at] * m
+        f_coef += wc[m_at + 1] * m
+        o += wc[x_at] * bp[_NEXT[c]] + wc[x_at + 1] * bp[_AFTER[c]]
+        o += wc[x_at + 2] * fp[_NEXT[c]]
+        o += g * (wc[d_at + 2 * nd] + wc[d_at + 2 * nd + 1] * f)
+        o += f_coef * f
+        out[:, :, c] = o
     return out
 
 
