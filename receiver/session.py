@@ -255,17 +255,14 @@ class EventLog:
 
 
 def save_png_fast(path: Path, rgb: np.ndarray) -> None:
-    """Write RGB uint8 as PNG with light compression (stages are written often). OpenCV's encoder:
-    ~25% faster than Pillow's at zlib level 1 on 512x512 stages, and it releases the GIL, so the
-    decode threads write in parallel."""
-    import cv2
+    """Write RGB uint8 as PNG, atomically (a temporary file renamed), with `receiver.png.encode_png`: light
+    compression, half the time of libpng's (stages are written often), the GIL released while it runs."""
+    from layercast.receiver.png import encode_png
 
+    data = encode_png(rgb)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise InputError(f"cannot encode a {rgb.shape} stage as PNG")
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(buf.tobytes())
+    tmp.write_bytes(data)
     tmp.replace(path)
 
 

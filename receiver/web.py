@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import io
 import json
 import logging
 from collections import OrderedDict, deque
@@ -80,15 +79,17 @@ def page_html() -> str:
 
 
 def encode_png(rgb: np.ndarray, max_side: int | None = None) -> bytes:
-    """PNG bytes of an RGB uint8 image (light compression), scaled down to fit `max_side` if given."""
+    """PNG bytes of an RGB uint8 image (light compression: `receiver.png`), scaled down to fit `max_side`
+    if given."""
     from PIL import Image
 
-    im = Image.fromarray(rgb)
-    if max_side is not None:
+    from layercast.receiver import png
+
+    if max_side is not None and max(rgb.shape[:2]) > max_side:
+        im = Image.fromarray(rgb)
         im.thumbnail((max_side, max_side))
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+        rgb = np.asarray(im)
+    return png.encode_png(rgb)
 
 
 @dataclass(eq=False)
