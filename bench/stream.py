@@ -18,7 +18,7 @@
     (one reliable message per image). Each figure is the median of `repeats` runs. The receiver runs the
     preview decoder with `--preview-style fast` (`THROUGHPUT_PREVIEW`: the plain bicubic colour, ~1.5 ms per
     512x512 decode, the style for receivers of many images per second); the `webrtc` profile is also
-    timed with the default edge-aware preview ("webrtc, edge-aware"; ~35-45 ms per decode, so it bounds
+    timed with the default edge-aware preview ("webrtc, edge-aware"; ~40 ms per decode, so it bounds
     the rate on few cores).
 (c) overhead at 1200-byte MTU of per-layer packets (image header on every layer) and of bundled
     packets (a whole image per packet where it fits), without FEC, with the default FEC policy, keyed,

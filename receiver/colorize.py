@@ -33,9 +33,9 @@ channels: a colour matrix; `correction_features`), fitted by least squares on th
 
 Two tunings (`tuning_for`): `COARSE` for the generative split's 8 x 8 colormap (sRGB, weaker edge links,
 soft means) and `FINE` for the preview target's 24-36 cells (Oklab). numpy + OpenCV only, deterministic;
-about 33 ms (COARSE) / 21 ms (FINE) for a 512 x 512 image on one core (the bench's medians, 2026-12-02 09:27;
-45 / 32 ms in its 12:30 run, on the same machine running slower; the uncorrected Oklab solver it replaced took
-26 / 16 ms on an idle core).
+about 41 ms (COARSE) / 22 ms (FINE) for a 512 x 512 image on one core (the bench's medians of whole preview
+decodes, 2026-12-03 07:03, in a middling hour for the machine; 46 / 29 ms in a fast hour before the correction
+worked on channel planes); the CG solve is about two thirds of COARSE's time.
 """
 
 from __future__ import annotations

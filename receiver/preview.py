@@ -1,4 +1,4 @@
-"""CPU preview decoder: colormap + structure -> image, with no model weights (about 30 ms at 512x512).
+"""CPU preview decoder: colormap + structure -> image, with no model weights (about 20-40 ms at 512x512).
 
 Colours: the colormap is spread with the edge map as boundaries (receiver.colorize: colourisation by
 optimisation, Levin et al. 2004, with the cells' means as constraints and edges as affinity breaks, then a
@@ -222,7 +222,7 @@ class PreviewDecoder:
     """The CPU preview decoder (no weights): colours from the colormap placed by the structure.
 
     `style`: "clean" (default; edges are only the colour's boundaries), "sketch" (edges drawn as lines) or
-    "fast" (the colormap upsampled bicubically, no lines: ~1.5 ms instead of ~35-45 ms per 512x512 decode, for
+    "fast" (the colormap upsampled bicubically, no lines: ~1.5 ms instead of ~22-45 ms per 512x512 decode, for
     receivers that must keep up with many images per second)."""
 
     name = "preview"
