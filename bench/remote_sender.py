@@ -1,14 +1,15 @@
 """The bench's sender in its own process: stream pre-encoded images from a `.lcs` file as fast as the link
 takes them, as a camera on another host would (so the receiver's throughput is measured on its own cores).
 
-    python -m layercast.bench.remote_sender IMAGES.lcs URL COUNT [PROFILE]
+    python -m layercast.bench.remote_sender IMAGES.lcs URL COUNT [PROFILE [LOOP]]
 
-URL is mqtt://HOST:PORT/PREFIX/STREAM or http://HOST:PORT/offer (WebRTC signalling). Prints one JSON line.
+URL is mqtt://HOST:PORT/PREFIX/STREAM or http://HOST:PORT/offer (WebRTC signalling); LOOP: auto (default),
+uvloop or asyncio (`common.eventloop`). Prints one JSON line: seconds to send, and the process's CPU seconds
+over the same span (`cpu_s`, with the edge coder's warm-up).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
@@ -32,11 +33,16 @@ async def send(lcs: Path, url: str, count: int, profile: str) -> dict[str, float
 
         transport = await connect_webrtc(url, timeout=30, camera="bench")
     t0 = time.perf_counter()
+    c0 = time.process_time()
     async with SendSession(transport, profile=profile, rate_bps=0, camera=transport.camera or "bench") as tx:
         for i in range(count):
             await tx.send_image(images[i % len(images)])
         t_sent = time.perf_counter()
-    out = {"send_s": round(t_sent - t0, 3), "total_s": round(time.perf_counter() - t0, 3)}
+    out = {
+        "send_s": round(t_sent - t0, 3),
+        "total_s": round(time.perf_counter() - t0, 3),
+        "cpu_s": round(time.process_time() - c0, 3),
+    }
     bundler = getattr(transport, "bundler", None)  # WebRTC: the SCTP packets its messages left in
     if bundler is not None:
         out["sctp_packets"] = bundler.packets
@@ -44,10 +50,13 @@ async def send(lcs: Path, url: str, count: int, profile: str) -> dict[str, float
 
 
 def main(argv: list[str]) -> int:
-    """Entry point: IMAGES.lcs URL COUNT [PROFILE]."""
+    """Entry point: IMAGES.lcs URL COUNT [PROFILE [LOOP]]."""
+    from layercast.common import eventloop
+
     lcs, url, count = Path(argv[0]), argv[1], int(argv[2])
     profile = argv[3] if len(argv) > 3 else ("mqtt" if url.startswith("mqtt") else "webrtc")
-    print(json.dumps(asyncio.run(send(lcs, url, count, profile))), flush=True)
+    loop = argv[4] if len(argv) > 4 else "auto"
+    print(json.dumps(eventloop.run(send(lcs, url, count, profile), loop=loop)), flush=True)
     return 0
 
 

@@ -19,7 +19,11 @@
     preview decoder with `--preview-style fast` (`THROUGHPUT_PREVIEW`: the plain bicubic colour, ~1.5 ms per
     512x512 decode, the style for receivers of many images per second); the `webrtc` profile is also
     timed with the default edge-aware preview ("webrtc, edge-aware"; ~40 ms per decode, so it bounds
-    the rate on few cores).
+    the rate on few cores). Receiver and sender run on the event loop `layercast receive` / `send` would
+    pick (`common.eventloop`: uvloop where installed); where that is uvloop, the `webrtc` profile is timed
+    on asyncio's own loop as well ("webrtc, asyncio loop"), the same-run baseline. Each run also reports
+    CPU per image: the receiver process's (all threads, from its setup to the end of the run) and the
+    sender's over its send loop (with its edge coder warm-up).
 (c) overhead at 1200-byte MTU of per-layer packets (image header on every layer) and of bundled
     packets (a whole image per packet where it fits), without FEC, with the default FEC policy, keyed,
     and in a .lcs file, for the images coded with 32-row edge stripes (what a lost packet costs) and with
@@ -49,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from layercast.common import eventloop
 
 LINK = {"rate_bps": 9600.0, "delay_s": 0.3, "loss": 0.05}
 """The emulated thin link of part (a)."""
@@ -202,9 +208,10 @@ async def _throughput(
     port: int | None = None,
     profile: str | None = None,
     preview_style: str = THROUGHPUT_PREVIEW,
+    loop: str = "auto",
 ) -> dict[str, Any]:
     """Receiver in this process (preview decoder in `preview_style`), sender (bench.remote_sender) in its
-    own, as a camera elsewhere would be.
+    own on an event loop of kind `loop` (the receiver runs on the caller's), as a camera elsewhere would be.
 
     images/s = images finished / (last final stage - first packet), both on the receiver's clock.
     """
@@ -216,6 +223,7 @@ async def _throughput(
     from layercast.receiver.preview import PreviewDecoder
     from layercast.receiver.session import ReceiveSession
 
+    cpu0 = time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
         lcs = Path(tmp) / "images.lcs"
         lcs.write_bytes(
@@ -243,13 +251,15 @@ async def _throughput(
                 str(lcs),
                 url,
                 str(n),
-                *([profile] if profile else []),
+                profile or ("mqtt" if kind == "mqtt" else "webrtc"),
+                loop,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(rx.run(count=n, until_closed=False), 120)
             out, err = await proc.communicate()
+    cpu = time.process_time() - cpu0
     recs = list(rx.records.values())
     finals = [r.final.time for r in recs if r.final is not None]
     done = len(finals)
@@ -268,6 +278,11 @@ async def _throughput(
         "packets": rx.summary.packets,
         "stages": rx.summary.stages,
         "preview_style": preview_style,
+        "loop": eventloop.running_loop_name(),
+        "cpu_ms_per_image": {
+            "receiver": round(1e3 * cpu / max(done, 1), 2),
+            "sender": round(1e3 * sender["cpu_s"] / n, 2) if "cpu_s" in sender else None,
+        },
         "sender": sender,
     }
 
@@ -278,9 +293,10 @@ def _datagrams(r: dict[str, Any]) -> str:
     return f" in {n} SCTP packets" if n else ""
 
 
-def _repeat(repeats: int, run: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
-    """The run with the median images/s of `repeats` runs, with every run's rate in `runs`."""
-    return median_run([asyncio.run(run()) for _ in range(max(1, repeats))])
+def _repeat(repeats: int, run: Callable[[], Coroutine[Any, Any, dict[str, Any]]], loop: str = "auto") -> dict[str, Any]:
+    """The run with the median images/s of `repeats` runs (each on a new event loop of kind `loop`), with
+    every run's rate in `runs`."""
+    return median_run([eventloop.run(run(), loop=loop) for _ in range(max(1, repeats))])
 
 
 def median_run(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -375,6 +391,11 @@ def run(
         else:
             tp["mqtt"] = _repeat(repeats, lambda: _throughput(encoded, throughput_images, "mqtt", port))
     tp["webrtc"] = _repeat(repeats, lambda: _throughput(encoded, throughput_images, "webrtc"))
+    tp["loop"] = eventloop.resolve("auto")
+    if tp["loop"] == "uvloop":  # the same-run baseline: receiver and sender on asyncio's own loop
+        tp["webrtc, asyncio loop"] = _repeat(
+            repeats, lambda: _throughput(encoded, throughput_images, "webrtc", loop="asyncio"), "asyncio"
+        )
     tp["webrtc-bundle"] = _repeat(
         repeats, lambda: _throughput(encoded, throughput_images, "webrtc", profile="webrtc-bundle")
     )
@@ -425,21 +446,25 @@ def format_table(result: dict[str, Any]) -> str:
         f"(b) throughput, {tp['decoder']} decoder (--preview-style {tp.get('preview_style', '?')} unless named),"
         f" {tp['cpus']} CPUs, sender in its own process, unpaced (goal >= {tp['goal_images_per_s']}/s)"
     )
-    for name in ("mqtt", "webrtc", "webrtc-bundle", "webrtc, edge-aware"):
+    lines.append(f"    event loop: {tp.get('loop', 'asyncio')} (receiver and sender, unless named)")
+    for name in ("mqtt", "webrtc", "webrtc, asyncio loop", "webrtc-bundle", "webrtc, edge-aware"):
         r = tp.get(name)
         if r is None:
             continue
         if "skipped" in r:
-            lines.append(f"    {name:<18} skipped: {r['skipped']}")
+            lines.append(f"    {name:<20} skipped: {r['skipped']}")
         else:
             runs = ", ".join(f"{x:g}" for x in r.get("runs", []))
             lines.append(
-                f"    {name:<18} {r['images_per_s']!s:>6} images/s median (runs {runs}; median run: {r['finished']}/"
+                f"    {name:<20} {r['images_per_s']!s:>6} images/s median (runs {runs}; median run: {r['finished']}/"
                 f"{r['images']} finished, {r['complete']} complete, {r['packets']} packets{_datagrams(r)},"
                 f" {r.get('stages', '?')}"
                 f" stages in {r['seconds']} s;"
                 f" sender {r['sender'].get('send_s', r['sender'].get('error', '?'))} s)"
             )
+            cpu = r.get("cpu_ms_per_image")
+            if cpu:
+                lines.append(f"    {'':<20} CPU per image: receiver {cpu['receiver']} ms, sender {cpu['sender']} ms")
     ov = result["overhead"]
     lines.append(
         f"(c) overhead at {ov['mtu']} B MTU (goal <= {ov['goal_no_fec_pct']}% without FEC); % of the coded image"

@@ -1,8 +1,8 @@
 """Command-line options shared by several `layercast` subcommands, and what they build.
 
 `add_encode_options` + `encoder_from_args` (encode, send, demo, bench), `add_decoder_options` +
-`make_decoder` / `make_receive_decoder` (decode, receive, demo). Both `layercast.cli` and
-`layercast.cli_stream` import from here; neither imports the other's handlers.
+`make_decoder` / `make_receive_decoder` (decode, receive, demo), `add_loop_option` (send, receive, demo).
+Both `layercast.cli` and `layercast.cli_stream` import from here; neither imports the other's handlers.
 """
 
 from __future__ import annotations
@@ -201,6 +201,19 @@ def add_fallback_option(p: argparse.ArgumentParser) -> None:
         default="none",
         help="what to do when --decoder sd cannot load its models: none (default) refuses to start with one line"
         " naming what is missing and where to put it; preview runs the CPU preview decoder instead and says so",
+    )
+
+
+def add_loop_option(p: argparse.ArgumentParser) -> None:
+    """`--loop {auto,uvloop,asyncio}`: the event loop the command runs on (see `layercast.common.eventloop`)."""
+    from layercast.common.eventloop import LOOPS
+
+    p.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="auto",
+        help="event loop: auto (default) is uvloop where installed (the fast extra: less CPU per packet, more"
+        " images/s on WebRTC), else asyncio's own; uvloop requires it; asyncio never uses it",
     )
 
 

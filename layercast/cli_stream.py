@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from layercast.common import eventloop
 from layercast.common.errors import InputError
 
 PASSWORD_ENV = "LAYERCAST_MQTT_PASSWORD"
@@ -153,7 +154,7 @@ def _add_link_options(
 
 def add_parsers(sub: Any) -> None:
     """Add `send`, `receive` and `demo` to the `layercast` subcommands."""
-    from layercast.cli_options import add_decoder_options, add_encode_options, add_fallback_option
+    from layercast.cli_options import add_decoder_options, add_encode_options, add_fallback_option, add_loop_option
 
     fmt = argparse.RawDescriptionHelpFormatter
     s = sub.add_parser(
@@ -197,6 +198,7 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--password-file", metavar="FILE", help="MQTT password from this file (first line)")
     _add_link_options(s, link=None, loss=None, delay=None, rate=None)
     add_encode_options(s)
+    add_loop_option(s)
     s.add_argument("--json", action="store_true", help="print JSON")
 
     r = sub.add_parser(
@@ -255,6 +257,7 @@ def add_parsers(sub: Any) -> None:
         default=10.0,
         help="finish an incomplete image S seconds after its last packet (default 10)",
     )
+    add_loop_option(r)
     r.add_argument("--json", action="store_true", help="print JSON")
 
     d = sub.add_parser(
@@ -280,6 +283,7 @@ def add_parsers(sub: Any) -> None:
     _add_link_options(d, link="sbd", loss="5%", delay="300ms", rate=9600.0)
     add_encode_options(d, resize=512)
     add_decoder_options(d)
+    add_loop_option(d)
     d.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -478,7 +482,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     if args.watch and not Path(args.watch).is_dir():
         raise InputError(f"--watch {args.watch}: no such folder")
     paths = find_images(args.inputs) if args.inputs else []
-    return asyncio.run(_send(args, paths))
+    return eventloop.run(_send(args, paths), loop=args.loop)
 
 
 def _send_session(args: argparse.Namespace, transport: Any, camera: str | None, first: int) -> Any:
@@ -553,6 +557,7 @@ async def _send(args: argparse.Namespace, paths: list[Path]) -> int:
         "packets": sum(r.packets for r in reports),
         "wire_bytes": sum(r.wire_bytes for r in reports),
         "seconds": round(elapsed, 3),
+        "loop": eventloop.running_loop_name(),
     }
     out = sys.stderr if args.to == "file:-" else sys.stdout
     if args.json:
@@ -644,7 +649,7 @@ async def _send_spooled(args: argparse.Namespace, paths: list[Path], camera: str
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
-    return asyncio.run(_receive(args))
+    return eventloop.run(_receive(args), loop=args.loop)
 
 
 async def _receive(args: argparse.Namespace) -> int:
@@ -741,7 +746,7 @@ async def _receive(args: argparse.Namespace) -> int:
         summary = await rx.run(count=args.count, idle_timeout=args.idle_timeout, until_closed=until_closed, stop=stop)
         if scheme == "webrtc" and args.count is not None and args.linger > 0:
             await rx.wait_transports_closed(args.linger)  # a sender may still be draining repairs
-    doc = {**summary.to_dict(), "finals": finals}
+    doc = {**summary.to_dict(), "finals": finals, "loop": eventloop.running_loop_name()}
     if args.json:
         print(json.dumps(doc))
     else:
@@ -757,7 +762,7 @@ async def _receive(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return asyncio.run(_demo(args))
+    return eventloop.run(_demo(args), loop=args.loop)
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -870,6 +875,7 @@ async def _demo(args: argparse.Namespace) -> int:
         "delay_s": delay,
         "images": rows,
         "summary": rx.summary.to_dict(),
+        "loop": eventloop.running_loop_name(),
         "seconds": {
             "total": round(elapsed, 2),
             "encode": round(t_encoded - t_start, 2),

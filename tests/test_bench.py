@@ -50,12 +50,18 @@ def test_stream_bench_small_run(folder: Path) -> None:
     assert 0 < framing["bundled_no_fec"] < framing["per_layer_no_fec"] < framing["default_fec"]
     assert framing["bundled_no_fec"] < res["overhead"]["side_info_pct"]["bundled_no_fec"]
     assert len(res["throughput"]["webrtc"]["runs"]) == 1
+    # both ends on uvloop (installed with `fast`), with asyncio's own loop as the same-run baseline
+    tp = res["throughput"]
+    assert tp["loop"] == tp["webrtc"]["loop"] == "uvloop" and tp["webrtc, asyncio loop"]["loop"] == "asyncio"
+    assert tp["webrtc, asyncio loop"]["finished"] == 12
+    assert tp["webrtc"]["cpu_ms_per_image"]["receiver"] > 0 and tp["webrtc"]["cpu_ms_per_image"]["sender"] > 0
     fleet = res["fleet"]
     if "skipped" not in fleet:  # 4 camera processes x 3 images through 1, then 2 worker processes
         assert fleet["1_workers"]["finished"] == fleet["2_workers"]["finished"] == 12
         assert fleet["1_workers"]["images_per_s"] > 0 and fleet["2_workers"]["images_per_s"] > 0
     text = stream.format_table(res)
     assert "images/s" in text and "overhead" in text and "fleet" in text
+    assert "event loop: uvloop" in text and "webrtc, asyncio loop" in text and "CPU per image: receiver" in text
 
 
 @pytest.mark.timeout(120)
@@ -68,7 +74,8 @@ def test_throughput_run_over_webrtc_from_a_sender_process() -> None:
     from layercast.bench import stream
     from tests.session_helpers import encoded_samples
 
-    r = asyncio.run(stream._throughput(encoded_samples(), 12, "webrtc"))
+    r = asyncio.run(stream._throughput(encoded_samples(), 12, "webrtc", loop="uvloop"))
     assert r["finished"] == r["complete"] == 12 and r["images_per_s"] > 0, r
+    assert r["loop"] == "asyncio" and r["sender"]["cpu_s"] > 0, r  # the receiver on this asyncio.run's loop
     assert r["sender"]["send_s"] > 0 and 0 < r["sender"]["sctp_packets"] < r["packets"], r
     assert " in " in stream._datagrams(r) and stream._datagrams({"sender": {}}) == ""

@@ -123,6 +123,9 @@ def test_demo_runs_and_writes_stages(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert row["layers"]["semantic"]["ms"] >= 50, "arrival includes the emulated one-way delay"
         assert row["stages"] >= 1 and Path(row["final"]).is_file()
     assert list(out.glob("demo/*/stage-1.png")) and doc["seconds"]["total"] < 60
+    assert doc["loop"] == "uvloop", "auto: uvloop, installed with the fast extra"
+    assert main([*argv[: -len(ENCODE_FLAGS)], "--loop", "asyncio", *ENCODE_FLAGS]) == 0
+    assert json.loads(capsys.readouterr().out)["loop"] == "asyncio"
     assert main(["demo", "--limit", "1", "--out", str(out), "--rate", "40k", *ENCODE_FLAGS]) == 0
     text = capsys.readouterr().out
     assert "semantic" in text and f"output: {out}" in text
