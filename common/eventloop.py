@@ -2,9 +2,10 @@
 
 uvloop (libuv behind asyncio's interface; MagicStack/uvloop) runs the same coroutines with less CPU per
 callback, timer and datagram. The receive path is CPU-bound, so that shows as throughput: on the stream
-bench (per-layer WebRTC, 400 images, 2 cores, sender and receiver each on the loop named), 10 interleaved
-rounds gave a median of 206 images/s against 180 on asyncio's loop, with 6.9 against 7.3 ms of receiver CPU
-and 3.2 against 3.5 ms of sender CPU per image (`layercast bench` measures both loops in the same run).
+bench (per-layer WebRTC, 400 images, 2 cores, sender and receiver each on the loop named), 12 interleaved
+rounds gave a median of 224.6 images/s against 209.1 on asyncio's loop (faster in 10 of 12), with 6.50
+against 6.77 ms of receiver CPU and 3.00 against 3.16 ms of sender CPU per image; MQTT was neutral
+(`layercast bench` times per-layer WebRTC on both loops in the same run).
 
 The library itself never picks a loop: sessions and transports run on whatever loop is running. Only entry
 points (`layercast send`, `receive`, `demo`, the bench) call `run`, with the user's `--loop`.
