@@ -185,10 +185,12 @@ def make_header(
 
 
 def canny_extractor(rgb: np.ndarray) -> EdgeFn:
-    """Canny at each rung's working resolution (sender.extract_edges)."""
-    from layercast.sender.extract_edges import canny_edges
+    """Canny at each rung's working resolution (sender.extract_edges), from one grey image: rate control
+    asks for several rungs of the same image."""
+    from layercast.sender.extract_edges import canny_edges, grayscale
 
-    return lambda r: canny_edges(rgb, r.long_side, threshold_scale=r.threshold_scale, min_length=r.min_length)
+    gray = grayscale(rgb)
+    return lambda r: canny_edges(gray, r.long_side, threshold_scale=r.threshold_scale, min_length=r.min_length)
 
 
 def encode_image(

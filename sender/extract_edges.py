@@ -34,8 +34,9 @@ def edge_size_for(width: int, height: int, long_side: int) -> tuple[int, int]:
     return (max(1, round(width * scale)), max(1, round(height * scale)))
 
 
-def _gray(rgb: np.ndarray) -> np.ndarray:
-    """uint8 grayscale from an HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA) array of any integer/float type."""
+def grayscale(rgb: np.ndarray) -> np.ndarray:
+    """uint8 grayscale from an HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA) array of any integer/float type
+    (a contiguous uint8 HxW array comes back as it is, so `canny_edges` may be given one computed once)."""
     import cv2
 
     a = np.asarray(rgb)
@@ -64,27 +65,39 @@ def thin_staircases(edges: np.ndarray) -> np.ndarray:
     clear, only duplicates the diagonal link between those two; removing it keeps every 8-connected
     component intact. One orientation per pass makes simultaneous removals safe.
     """
-    e = edges.astype(bool, copy=True)
-    h, w = e.shape
+    src = np.asarray(edges)
+    h, w = src.shape
     if h < 2 or w < 2:
-        return e
+        return src.astype(bool, copy=True)
+    # The map lives inside a zero border: the neighbour views below see each removal as it happens, with
+    # no re-padding, and the masks are computed into two reused buffers.
+    p = np.zeros((h + 2, w + 2), bool)
+    e = p[1 : 1 + h, 1 : 1 + w]
+    np.not_equal(src, 0, out=e)
+    rm = np.empty((h, w), bool)
+    clear = np.empty((h, w), bool)
     for _ in range(2):
         changed = False
         # (a, b) = the L's orthogonal neighbours; (c, d, f) = the opposite neighbours that must be clear.
         for dy, dx in ((-1, 1), (1, 1), (1, -1), (-1, -1)):
-            p = np.pad(e, 1)
             a = p[1 + dy : 1 + dy + h, 1 : 1 + w]  # vertical arm
             b = p[1 : 1 + h, 1 + dx : 1 + dx + w]  # horizontal arm
             c = p[1 - dy : 1 - dy + h, 1 : 1 + w]  # opposite vertical
             d = p[1 : 1 + h, 1 - dx : 1 - dx + w]  # opposite horizontal
             f = p[1 - dy : 1 - dy + h, 1 - dx : 1 - dx + w]  # opposite diagonal
-            rm = e & a & b & ~c & ~d & ~f
+            np.logical_and(a, b, out=rm)
+            rm &= e
+            np.logical_or(c, d, out=clear)
+            clear |= f
+            np.logical_not(clear, out=clear)
+            rm &= clear
             if rm.any():
-                e &= ~rm
+                np.logical_not(rm, out=rm)
+                e &= rm
                 changed = True
         if not changed:
             break
-    return e
+    return e.copy()
 
 
 def drop_short(edges: np.ndarray, min_length: int) -> np.ndarray:
@@ -113,7 +126,7 @@ def canny_edges(
 
     if not threshold_scale > 0:
         raise InputError(f"threshold_scale must be > 0, got {threshold_scale}")
-    gray = _gray(rgb)
+    gray = grayscale(rgb)
     h0, w0 = gray.shape
     w, h = edge_size_for(w0, h0, long_side)
     if (w, h) != (w0, h0):

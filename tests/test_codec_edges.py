@@ -630,6 +630,63 @@ def test_thinning_keeps_connectivity() -> None:
         assert n_before == n_after
 
 
+def _thin_reference(m: np.ndarray) -> np.ndarray:
+    """thin_staircases' rule pixel by pixel: per pass, per orientation in order, every pixel whose L arms are
+    set and whose three opposite neighbours are clear (outside = clear) is removed at once."""
+    e = m.astype(bool).copy()
+    h, w = e.shape
+    if h < 2 or w < 2:
+        return e
+
+    def at(y: int, x: int) -> bool:
+        return 0 <= y < h and 0 <= x < w and bool(e[y, x])
+
+    for _ in range(2):
+        changed = False
+        for dy, dx in ((-1, 1), (1, 1), (1, -1), (-1, -1)):
+            rm = [
+                (y, x)
+                for y in range(h)
+                for x in range(w)
+                if e[y, x]
+                and at(y + dy, x)
+                and at(y, x + dx)
+                and not (at(y - dy, x) or at(y, x - dx) or at(y - dy, x - dx))
+            ]
+            for y, x in rm:
+                e[y, x] = False
+            changed = changed or bool(rm)
+        if not changed:
+            break
+    return e
+
+
+def test_thinning_follows_its_rule_on_any_map_and_leaves_the_input_alone() -> None:
+    rng = np.random.default_rng(7)
+    shapes = [(1, 1), (1, 9), (9, 1), (2, 2), (2, 7), (5, 3), (17, 23), (40, 40)]
+    for shape in shapes:
+        for density in (0.2, 0.5, 0.8):
+            m = rng.random(shape) < density
+            before = m.copy()
+            t = thin_staircases(m)
+            np.testing.assert_array_equal(t, _thin_reference(m))
+            np.testing.assert_array_equal(m, before)
+            assert t.dtype == bool and t is not m
+            np.testing.assert_array_equal(thin_staircases(m.astype(np.uint8) * 255), t)  # any non-zero is an edge
+
+
+def test_canny_from_a_grey_image_equals_canny_from_rgb() -> None:
+    from layercast.sender.extract_edges import grayscale
+
+    img = _textured()
+    gray = grayscale(img)
+    assert gray.shape == img.shape[:2] and gray.dtype == np.uint8 and grayscale(gray) is gray
+    for side, scale in ((96, 1.0), (192, 0.7), (256, 1.5)):
+        np.testing.assert_array_equal(
+            canny_edges(gray, side, threshold_scale=scale), canny_edges(img, side, threshold_scale=scale)
+        )
+
+
 def test_knobs_reduce_edges_monotonically() -> None:
     img = _textured()
     counts = [int(canny_edges(img, 192, threshold_scale=s).sum()) for s in (0.5, 1.0, 1.5, 2.5)]
