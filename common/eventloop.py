@@ -60,6 +60,6 @@ def run(main: Coroutine[Any, Any, T], *, loop: str = "auto") -> T:
 
 
 def running_loop_name() -> str:
-    """ "uvloop" or "asyncio": the kind of the running event loop (for reports)."""
+    """The kind of the running event loop, "uvloop" or "asyncio" (for reports)."""
     loop = asyncio.get_running_loop()
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"

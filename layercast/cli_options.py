@@ -213,7 +213,8 @@ def add_loop_option(p: argparse.ArgumentParser) -> None:
         choices=LOOPS,
         default="auto",
         help="event loop: auto (default) is uvloop where installed (the fast extra: less CPU per packet, more"
-        " images/s on WebRTC), else asyncio's own; uvloop requires it; asyncio never uses it",
+        " images/s on WebRTC), else asyncio's own; uvloop fails with one line where it is not installed; asyncio"
+        " never uses it",
     )
 
 
