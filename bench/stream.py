@@ -208,10 +208,9 @@ async def _throughput(
     port: int | None = None,
     profile: str | None = None,
     preview_style: str = THROUGHPUT_PREVIEW,
-    loop: str = "auto",
 ) -> dict[str, Any]:
     """Receiver in this process (preview decoder in `preview_style`), sender (bench.remote_sender) in its
-    own on an event loop of kind `loop` (the receiver runs on the caller's), as a camera elsewhere would be.
+    own on an event loop of the kind the receiver runs on, as a camera elsewhere would be.
 
     images/s = images finished / (last final stage - first packet), both on the receiver's clock.
     """
@@ -252,7 +251,7 @@ async def _throughput(
                 url,
                 str(n),
                 profile or ("mqtt" if kind == "mqtt" else "webrtc"),
-                loop,
+                eventloop.running_loop_name(),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
@@ -394,7 +393,7 @@ def run(
     tp["loop"] = eventloop.resolve("auto")
     if tp["loop"] == "uvloop":  # the same-run baseline: receiver and sender on asyncio's own loop
         tp["webrtc, asyncio loop"] = _repeat(
-            repeats, lambda: _throughput(encoded, throughput_images, "webrtc", loop="asyncio"), "asyncio"
+            repeats, lambda: _throughput(encoded, throughput_images, "webrtc"), "asyncio"
         )
     tp["webrtc-bundle"] = _repeat(
         repeats, lambda: _throughput(encoded, throughput_images, "webrtc", profile="webrtc-bundle")

@@ -30,7 +30,11 @@ def test_uvloop_is_installed_with_the_fast_extra_and_auto_picks_it() -> None:
     assert eventloop.resolve() == eventloop.resolve("auto") == "uvloop"
     name, module = eventloop.run(_loop_kind())
     assert name == "uvloop" and module.startswith("uvloop")
-    assert isinstance(uvloop.new_event_loop(), asyncio.AbstractEventLoop)
+    fresh = uvloop.new_event_loop()
+    try:
+        assert isinstance(fresh, asyncio.AbstractEventLoop)
+    finally:
+        fresh.close()
 
 
 @pytest.mark.parametrize(("loop", "want"), [("uvloop", "uvloop"), ("asyncio", "asyncio")])
