@@ -372,7 +372,7 @@ class ReceiveSession:
         from layercast.common.codecs import colormap, edges, prompt
 
         def warm_up() -> None:  # load and compile the layer decoders and the preview's colour pass before packets
-            edges.warm_up()
+            edges.warm_up(encoder=False)
             colormap.warm_up()
             prompt.warm_up()
             color.oklab_image_to_srgb8(np.zeros((1, 1, 3), np.float32))

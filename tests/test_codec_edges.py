@@ -423,8 +423,9 @@ def test_encoder_probabilities_match_prior_when_nothing_seen() -> None:
 def test_compiled_and_plain_python_kernels_agree(
     h: int, w: int, stripe_rows: int, seed: int, which: str, structured: bool
 ) -> None:
-    for jitted, fn in ((E._jitted(), E._code_stripe), (E._jitted_mix(), E._code_stripe_mix)):
-        assert jitted is not None and jitted.py_func is fn  # type: ignore[attr-defined]
+    kernels = [(E._jitted(), E._code_stripe)] + [(E._jitted_mix(*key), fn) for key, fn in E._MIX_KERNELS.items()]
+    for jitted, fn in kernels:
+        assert jitted is not None and jitted.py_func is fn
     m = _curves(seed, h, w) if structured else _random_map(seed, h, w)
     tables = ALL_TABLES[which]()
     fast = E.encode_units(m, stripe_rows, tables, compiled=True)
@@ -439,6 +440,25 @@ def test_compiled_and_plain_python_kernels_agree(
             np.testing.assert_array_equal(a, b)  # garbage in: the same garbage out, of the right size
             assert a.shape == (rows, w) and a.dtype == bool
         np.testing.assert_array_equal(E.decode_unit(unit, rows, w, tables), m[i * stripe_rows : i * stripe_rows + rows])
+
+
+@needs_numba
+def test_receiver_warm_up_compiles_only_the_decoder() -> None:
+    """The mixing coder is compiled once per role (decode, encode, encode with a record); a receiver's
+    warm-up builds its decoder and leaves the encoder uncompiled (a fresh process, so no other test has)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from layercast.common.codecs import edges as E\n"
+        "E.warm_up(encoder=False)\n"
+        "print(*[len(E._jitted_mix(*k).signatures) for k in ((1, 0), (0, 0), (0, 1))])\n"
+        "E.warm_up()\n"
+        "print(*[len(E._jitted_mix(*k).signatures) for k in ((1, 0), (0, 0), (0, 1))])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:2] == ["1 0 0", "1 1 0"]
 
 
 @needs_numba
