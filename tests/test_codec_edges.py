@@ -423,9 +423,9 @@ def test_encoder_probabilities_match_prior_when_nothing_seen() -> None:
 def test_compiled_and_plain_python_kernels_agree(
     h: int, w: int, stripe_rows: int, seed: int, which: str, structured: bool
 ) -> None:
-    kernels = [(E._jitted(), E._code_stripe)] + [(E._jitted_mix(*key), fn) for key, fn in E._MIX_KERNELS.items()]
-    for jitted, fn in kernels:
-        assert jitted is not None and jitted.py_func is fn
+    assert E._jitted().py_func is E._code_stripe  # type: ignore[union-attr]
+    for key, fn in E._MIX_KERNELS.items():  # the compiled builds index with np.uint64, the plain ones with int
+        assert E._jitted_mix(*key).py_func.__qualname__ == fn.__qualname__  # type: ignore[union-attr]
     m = _curves(seed, h, w) if structured else _random_map(seed, h, w)
     tables = ALL_TABLES[which]()
     fast = E.encode_units(m, stripe_rows, tables, compiled=True)
