@@ -881,7 +881,9 @@ def _code_stripe(
 def _stripe_mix_kernel(decode: int, record: int, ix: Callable[[int], Any] = operator.index) -> Callable[..., int]:
     """The v3/v4 coder of one stripe: like `_code_stripe` (same range coder, same flag, same counts model),
     but each pixel's P(edge) is the mix of three predictions (see the module docstring). Returns the kernel
-    for one `decode` (1 decodes, 0 encodes) and `record`, taking the other arguments of `_code_stripe`'s.
+    for one `decode` (1 decodes, 0 encodes) and `record`; it takes the other arguments below, in the order
+    img, stride, rows, width, data, ndata, a1, a, state, deep, astate, w0, w, tag, dist_tab, stretch, knots,
+    rate, rec, y0, fresh (those not described here as in `_code_stripe`), and returns what `_code_stripe` does.
 
     img: as in `_code_stripe` but with ABOVE (4) zero rows above the stripe. deep: stretch per deep context.
     astate: 3 ints per adaptive context (stamp, P(edge) in 1/65536, count). w0: the initial mixer weights
