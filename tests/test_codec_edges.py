@@ -442,6 +442,39 @@ def test_compiled_and_plain_python_kernels_agree(
         np.testing.assert_array_equal(E.decode_unit(unit, rows, w, tables), m[i * stripe_rows : i * stripe_rows + rows])
 
 
+def _non_negative(i: Any) -> int:
+    """An index that must be >= 0: what the compiled kernels assume when they index with np.uint64."""
+    i = int(i)
+    if i < 0:
+        raise IndexError(f"negative index {i}")
+    return i
+
+
+@needs_numba
+def test_the_mixing_kernel_never_indexes_below_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled builds index unsigned, so a negative index there would read outside the array (no
+    wraparound); the plain builds, with every index checked, run real and random maps, records and garbage
+    units and agree with the compiled builds."""
+    for key in list(E._MIX_KERNELS):
+        monkeypatch.setitem(E._MIX_KERNELS, key, E._stripe_mix_kernel(*key, ix=_non_negative))
+    tables = E.shipped_mix_prior()
+    maps = [canny_edges(_textured(), 64), _curves(5, 40, 33), _random_map(6, 17, 50), np.ones((9, 9), np.uint8)]
+    rng = np.random.default_rng(8)
+    for m in maps:
+        h, w = m.shape
+        for stripe_rows, group in ((h, 1), (8, 2)):
+            plain = E.encode_units(m, stripe_rows, tables, compiled=False, group=group)
+            assert plain == E.encode_units(m, stripe_rows, tables, compiled=True, group=group)
+            got, _ = E.decode_units(plain, h, w, stripe_rows, tables, group, compiled=False)
+            np.testing.assert_array_equal(got, m.astype(bool))
+        rec = E.mix_record(m, 8, tables, compiled=False)
+        np.testing.assert_array_equal(rec, E.mix_record(m, 8, tables, compiled=True))
+        for _ in range(5):
+            junk = rng.integers(0, 256, int(rng.integers(1, 40)), dtype=np.uint8).tobytes()
+            a = E.decode_unit(junk, min(h, 8), w, tables, compiled=False)
+            np.testing.assert_array_equal(a, E.decode_unit(junk, min(h, 8), w, tables, compiled=True))
+
+
 @needs_numba
 def test_receiver_warm_up_compiles_only_the_decoder() -> None:
     """The mixing coder is compiled once per role (decode, encode, encode with a record); a receiver's

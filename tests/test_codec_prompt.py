@@ -96,6 +96,39 @@ def test_plain_python_and_compiled_give_the_same_units(text: str) -> None:
     assert model.decode(unit, compiled=False) == raw
 
 
+def _non_negative(i: object) -> int:
+    """An index that must be >= 0: what the compiled coding loop assumes when it indexes with np.uint64."""
+    n = int(i)  # type: ignore[call-overload]
+    if n < 0:
+        raise IndexError(f"negative index {n}")
+    return n
+
+
+@NEEDS_NUMBA
+def test_the_coding_loop_never_indexes_below_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled loop indexes unsigned (no wraparound: a negative index would read outside the array); the
+    plain loop, with every index checked, codes the examples and decodes garbage as the compiled one does."""
+    from layercast.common.codecs import prompt_kernel
+
+    monkeypatch.setattr(prompt_mix, "kernel", prompt_kernel.kernel_for(_non_negative))
+    model = shipped_mix_model()
+    rng = random.Random(4)
+    for text in [*EXAMPLES, "x" * 300, "".join(chr(rng.randrange(32, 0x3000)) for _ in range(80))]:
+        raw = text.encode("utf-8", "surrogatepass")
+        unit = model.encode(raw, compiled=False)
+        assert unit == model.encode(raw, compiled=True)
+        assert model.decode(unit, compiled=False) == raw
+    for _ in range(20):
+        junk = bytes(rng.randrange(256) for _ in range(rng.randrange(3, 60)))
+        outcomes: list[bytes | str] = []
+        for compiled in (False, True):
+            try:
+                outcomes.append(model.decode(junk, compiled=compiled))
+            except CodecError as exc:
+                outcomes.append(str(exc))
+        assert outcomes[0] == outcomes[1]
+
+
 @pytest.mark.parametrize("text", EXAMPLES)
 def test_fixed_examples_roundtrip_and_are_deterministic(text: str) -> None:
     p = Prompt(text, "blurry, lowres, bad anatomy")
