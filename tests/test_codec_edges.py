@@ -20,6 +20,7 @@ from layercast.common.registry import EDGES_CTX, get_codec
 from layercast.common.types import EdgeMap, LayerKind
 from layercast.proto import framing, pb
 from layercast.sender.extract_edges import canny_edges, drop_short, edge_size_for, thin_staircases
+from tests.conftest import non_negative_index
 
 CODEC = E.EdgesCtxCodec()
 
@@ -442,21 +443,13 @@ def test_compiled_and_plain_python_kernels_agree(
         np.testing.assert_array_equal(E.decode_unit(unit, rows, w, tables), m[i * stripe_rows : i * stripe_rows + rows])
 
 
-def _non_negative(i: Any) -> int:
-    """An index that must be >= 0: what the compiled kernels assume when they index with np.uint64."""
-    i = int(i)
-    if i < 0:
-        raise IndexError(f"negative index {i}")
-    return i
-
-
 @needs_numba
 def test_the_mixing_kernel_never_indexes_below_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled builds index unsigned, so a negative index there would read outside the array (no
     wraparound); the plain builds, with every index checked, run real and random maps, records and garbage
     units and agree with the compiled builds."""
     for key in list(E._MIX_KERNELS):
-        monkeypatch.setitem(E._MIX_KERNELS, key, E._stripe_mix_kernel(*key, ix=_non_negative))
+        monkeypatch.setitem(E._MIX_KERNELS, key, E._stripe_mix_kernel(*key, ix=non_negative_index))
     tables = E.shipped_mix_prior()
     maps = [canny_edges(_textured(), 64), _curves(5, 40, 33), _random_map(6, 17, 50), np.ones((9, 9), np.uint8)]
     rng = np.random.default_rng(8)

@@ -42,7 +42,7 @@ from layercast.common.errors import CodecError, InputError, ModelError, UnknownC
 from layercast.common.registry import PROMPT_CTX, PROMPT_UTF8
 from layercast.common.types import EncodedImage, EncodedLayer, LayerKind, Prompt
 from layercast.proto import framing, pb
-from tests.conftest import shared_data
+from tests.conftest import non_negative_index, shared_data
 
 CTX = CtxPromptCodec()
 UTF8 = Utf8PromptCodec()
@@ -96,21 +96,13 @@ def test_plain_python_and_compiled_give_the_same_units(text: str) -> None:
     assert model.decode(unit, compiled=False) == raw
 
 
-def _non_negative(i: object) -> int:
-    """An index that must be >= 0: what the compiled coding loop assumes when it indexes with np.uint64."""
-    n = int(i)  # type: ignore[call-overload]
-    if n < 0:
-        raise IndexError(f"negative index {n}")
-    return n
-
-
 @NEEDS_NUMBA
 def test_the_coding_loop_never_indexes_below_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled loop indexes unsigned (no wraparound: a negative index would read outside the array); the
     plain loop, with every index checked, codes the examples and decodes garbage as the compiled one does."""
     from layercast.common.codecs import prompt_kernel
 
-    monkeypatch.setattr(prompt_mix, "kernel", prompt_kernel.kernel_for(_non_negative))
+    monkeypatch.setattr(prompt_mix, "kernel", prompt_kernel.kernel_for(non_negative_index))
     model = shipped_mix_model()
     rng = random.Random(4)
     for text in [*EXAMPLES, "x" * 300, "".join(chr(rng.randrange(32, 0x3000)) for _ in range(80))]:
