@@ -465,3 +465,93 @@ async def test_without_reconnect_a_lost_broker_closes_the_transport(brokers: lis
             await rx.recv(timeout=5)
         with pytest.raises(TransportClosed, match="reconnect is off"):
             await tx.send(b"x", family="semantic", timeout=5)
+
+
+class StallingRelay:
+    """A loopback TCP relay in front of a real broker whose first `bad` connections misbehave the way a
+    broker starting up or overloaded can: `"silent"` accepts and never answers (no CONNACK), `"reset"`
+    accepts and resets the connection (RST). Later connections are relayed to the broker."""
+
+    def __init__(self, target_port: int, bad: list[str]) -> None:
+        self.target_port = target_port
+        self.bad = list(bad)
+        self.accepted = 0
+        self.held: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> StallingRelay:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in self.held:
+            w.close()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import socket
+        import struct
+
+        self.accepted += 1
+        mode = self.bad.pop(0) if self.bad else "relay"
+        if mode == "silent":
+            self.held.append(writer)
+            return
+        if mode == "reset":
+            await reader.read(1)  # the CONNECT has started to arrive
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.held += [writer, up_w]
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+
+@pytest.mark.mqtt
+@pytest.mark.parametrize("bad", [["silent"], ["reset", "silent", "reset"]])
+async def test_offline_start_survives_a_broker_that_stalls_or_resets_the_first_connects(
+    brokers: list[Broker], tmp_path: Path, bad: list[str]
+) -> None:
+    """A service's transport (`offline_start`) opens at once even when its first connections get no
+    CONNACK or are reset (a broker still starting, or swamped by a fleet booting at the same instant):
+    it keeps connecting in the background, within `open`'s timeout never, and delivers once the broker
+    answers. Without `offline_start` the same stall fails `open`."""
+    b = broker_at(brokers, tmp_path)
+    async with StallingRelay(b.port, bad) as relay, MqttTransport(cfg(b, role="receive")) as rx:
+        tx = MqttTransport(
+            cfg(b, role="send", stream="cam1", port=relay.port, connect_timeout=1.0),
+            default_timeout=0.5,  # shorter than one stalled connect attempt
+            offline_start=True,
+        )
+        t0 = time.monotonic()
+        await tx.open()
+        assert time.monotonic() - t0 < 0.5
+        try:
+            await tx.send(b"after the stall", family="semantic", timeout=30)
+            assert await rx.recv(timeout=5) == b"after the stall"
+            assert relay.accepted == len(bad) + 1
+        finally:
+            await tx.close()
+        plain = MqttTransport(cfg(b, role="send", stream="cam1", port=relay.port), default_timeout=0.5)
+        relay.bad = ["silent"]
+        with pytest.raises(TransportTimeout):
+            await plain.open()
+        await plain.close()

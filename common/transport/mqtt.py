@@ -398,8 +398,9 @@ class MqttTransport(Transport):
         rng: random.Random | None = None,
         offline_start: bool = False,
     ) -> None:
-        """`offline_start`: `open` succeeds while the broker is unreachable and connects in the background
-        (with `config.reconnect`), as a service started before its broker must; sends wait meanwhile."""
+        """`offline_start`: `open` returns at once and connects in the background (with `config.reconnect`),
+        the first attempt included, as a service must that starts before its broker or while the broker
+        is too busy to answer; sends wait meanwhile. Without it `open` connects and raises on failure."""
         super().__init__()
         self.config = config
         self.offline_start = offline_start and config.reconnect
@@ -601,20 +602,19 @@ class MqttTransport(Transport):
     async def _open(self) -> None:
         if self._task is not None:
             return
-        connected = True
-        try:
+        if not self.offline_start:
             await self._connect()
-        except TransportError as exc:
-            if not self.offline_start:
-                raise
-            log.warning("MQTT broker %s is not reachable yet (%s); connecting in the background", self.where, exc)
-            connected = False
+        # offline_start: every connect, the first too, runs in the background task, so `open` returns at
+        # once however the broker behaves: unreachable, refusing, or accepting and never answering (a
+        # stalled attempt lasts `connect_timeout`, which may be longer than `open`'s own timeout)
+        connected = not self.offline_start
         self._task = asyncio.create_task(self._supervise(connected), name=f"mqtt-{self.config.role}-{self.where}")
 
     async def _supervise(self, connected: bool = True) -> None:
         """Pump messages; on a lost connection (or none yet) reconnect with back-off until closed."""
         import aiomqtt
 
+        first = not connected  # an offline start: the first attempt goes at once
         while True:
             if connected:
                 client = self._client
@@ -643,16 +643,23 @@ class MqttTransport(Transport):
                     jitter=cfg.backoff_jitter,
                     rng=self._rng,
                 )
-                await asyncio.sleep(delay)
+                await asyncio.sleep(0.0 if first and attempt == 0 else delay)
                 try:
                     await self._connect()
                 except TransportError as exc:
                     attempt += 1
                     level = logging.WARNING if attempt & (attempt - 1) == 0 else logging.INFO  # 1, 2, 4, 8...
-                    log.log(level, "MQTT reconnect %d to %s failed: %s", attempt, self.where, exc)
+                    if first and attempt == 1:
+                        log.warning(
+                            "MQTT broker %s is not reachable yet (%s); connecting in the background", self.where, exc
+                        )
+                    else:
+                        log.log(level, "MQTT reconnect %d to %s failed: %s", attempt, self.where, exc)
                     continue
-                self.stats.reconnects += 1
-                log.info("MQTT reconnected to %s after %d attempt(s)", self.where, attempt + 1)
+                self.stats.reconnects += 0 if first else 1
+                verb = "connected" if first else "reconnected"
+                log.info("MQTT %s to %s after %d attempt(s)", verb, self.where, attempt + 1)
+                first = False
                 break
 
     def _set_offline(self) -> None:
