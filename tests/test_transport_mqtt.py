@@ -552,6 +552,7 @@ async def test_offline_start_survives_a_broker_that_stalls_or_resets_the_first_c
             await tx.close()
         plain = MqttTransport(cfg(b, role="send", stream="cam1", port=relay.port), default_timeout=0.5)
         relay.bad = ["silent"]
-        with pytest.raises(TransportTimeout):
+        stalled = rf"no answer \(CONNACK\) from MQTT broker 127.0.0.1:{relay.port} within 0.5 s"
+        with pytest.raises(TransportTimeout, match=stalled):
             await plain.open()
         await plain.close()

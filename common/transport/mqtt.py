@@ -463,6 +463,17 @@ class MqttTransport(Transport):
 
     # -- connection ----------------------------------------------------------------------------------
 
+    async def open(self, *, timeout: float | None = None) -> None:
+        """Connect (see `Transport.open`); a broker that accepts but does not answer in time is named."""
+        try:
+            await super().open(timeout=timeout)
+        except TransportTimeout:
+            limit = self.default_timeout if timeout is None else timeout
+            raise TransportTimeout(
+                f"no answer (CONNACK) from MQTT broker {self.where} within {limit:g} s: is an MQTT broker "
+                "listening there, and is it overloaded? (--timeout S waits longer)"
+            ) from None
+
     def _tls_context(self) -> ssl.SSLContext | None:
         cfg = self.config
         if not cfg.tls:
