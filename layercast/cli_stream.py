@@ -706,10 +706,12 @@ async def _receive(args: argparse.Namespace) -> int:
             rx.add_transport(transport, "mqtt")
             until_closed = False
             cfg = transport.config
+            topics = ", ".join(cfg.subscriptions())
             listening = (
-                f"subscribed to {', '.join(cfg.subscriptions())} on {transport.where} as client {cfg.client_id}"
-                f" (session kept {cfg.session_expiry} s)"
-            )
+                f"subscribed to {topics} on {transport.where}"
+                if transport.connected
+                else f"no MQTT broker at {transport.where} yet: connecting in the background to subscribe to {topics}"
+            ) + f" as client {cfg.client_id} (session kept {cfg.session_expiry} s)"
         else:
             from layercast.common.transport.signalling import WebRTCServer
 

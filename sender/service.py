@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layercast.common.errors import LayercastError, TransportError
+from layercast.common.errors import LayercastError, TransportClosed, TransportError
 from layercast.sender.image_io import IMAGE_EXTS
 from layercast.sender.session import SendSession
 from layercast.sender.spool import Spool, SpoolEntry, source_key
@@ -91,19 +91,29 @@ class SpoolService:
     # --- service ----------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Scan and forward until `stop` is set (then finish the image in flight and return)."""
+        """Scan and forward until `stop` is set (then finish the image in flight and return).
+
+        Crash-only: when the scanner or the forwarder dies (a spool it cannot write: disk full, a broken
+        folder; a transport closed for good, TransportClosed) `run` raises that error instead of carrying
+        on as a service that no longer sends. The journal makes a restart safe (the unit restarts the
+        process); nothing queued is lost."""
         self._event("started", watch=str(self.watch) if self.watch else None)
-        tasks = [asyncio.create_task(self._forward(stop=stop), name="spool-forward")]
+        tasks: list[asyncio.Task[Any]] = [asyncio.create_task(self._forward(stop=stop), name="spool-forward")]
         if self.watch is not None:
             tasks.append(asyncio.create_task(self._scan_loop(stop), name="spool-scan"))
         tasks.append(asyncio.create_task(self._status_loop(stop), name="spool-status"))
+        stopped = asyncio.create_task(stop.wait(), name="spool-stop")
         try:
-            await stop.wait()
+            done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in tasks:
+                error = t.exception() if t in done and not t.cancelled() else None
+                if error is not None:
+                    raise error
         finally:
             self._wake.set()
-            for t in tasks:
+            for t in (*tasks, stopped):
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, stopped, return_exceptions=True)
             self._event("stopped")
 
     async def _scan_loop(self, stop: asyncio.Event) -> None:
@@ -189,6 +199,8 @@ class SpoolService:
                 continue
             try:
                 report = await self.session.send_image(image, image_id=entry.image_id, name=entry.source)
+            except TransportClosed:
+                raise  # this transport cannot come back (e.g. MQTT with reconnect off): end, restart
             except TransportError as exc:
                 self.stats.send_errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"

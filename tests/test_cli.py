@@ -186,6 +186,7 @@ def test_version_is_the_package_metadata_and_verbose_logs(tmp_path: Path) -> Non
     assert run.returncode == 0, run.stderr
     assert "layercast: WARNING layercast.common.transport.mqtt: MQTT broker" in run.stderr
     assert "not reachable yet" in run.stderr
+    assert f"no MQTT broker at 127.0.0.1:{url.split(':')[2].split('/')[0]} yet" in run.stderr  # not "subscribed to"
 
 
 def test_the_human_readable_layer_can_be_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,8 @@ process through a real Mosquitto that is stopped and restarted, with the sender 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from layercast.common.errors import InputError
 from layercast.sender.spool import Spool, source_key
 from tests.fleet_helpers import Proc, finals, make_images, persistent_broker, sender_argv, wait_for
+from tests.mqtt_broker import Broker
 from tests.session_helpers import encoded_samples
 
 
@@ -100,3 +103,72 @@ def test_send_watch_survives_sigkill_and_broker_outage(tmp_path: Path) -> None:
     assert [e["image_id"] for e in tx.events() if e["event"] == "queued"] == sorted(counts)
     status = json.loads((spool / "status.json").read_text())
     assert status["backlog"] == 0 and status["camera"] == "cam1" and not list((spool / "outbox").iterdir())
+
+
+def _break_outbox(spool: Path, broker: Broker) -> None:
+    shutil.rmtree(spool / "outbox")
+    (spool / "outbox").write_bytes(b"")  # in the field: a full disk
+
+
+def _repair_outbox(spool: Path, broker: Broker) -> None:
+    (spool / "outbox").unlink()
+    (spool / "outbox").mkdir()
+
+
+CRASHES = {
+    # case: (URL query, what breaks, the last stderr line's expected text, what repairs it)
+    "broken spool": ("", _break_outbox, "Not a directory", _repair_outbox),
+    "lost broker without reconnect": (
+        "?reconnect=0",
+        lambda spool, broker: broker.stop(),
+        "lost and reconnect is off",
+        lambda spool, broker: broker.start(),
+    ),
+}
+
+
+@pytest.mark.mqtt
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("case", list(CRASHES))
+def test_send_watch_that_cannot_go_on_exits_and_its_restart_sends_the_image(tmp_path: Path, case: str) -> None:
+    """Crash-only: a spool the service cannot write, or a transport closed for good (`reconnect=0` and the
+    broker gone), ends the process with a one-line error and code 1, instead of a service that lives on
+    and never sends again (or retries a closed transport forever). The image stays in the spool; its unit
+    restarts the process, and once the fault is gone the image goes out, once."""
+    query, breaks, message, repairs = CRASHES[case]
+    broker = persistent_broker(tmp_path)
+    watch, spool, out = tmp_path / "incoming", tmp_path / "spool", tmp_path / "out"
+    url = f"mqtt://127.0.0.1:{broker.port}/layercast/cam1"
+    rx = Proc(["receive", "--on", f"{url}?client_id=w1&session_expiry=600", "--out", str(out)], tmp_path / "rx")
+    tx = Proc(sender_argv(url + query, watch, spool), tmp_path / "tx")
+
+    def diag() -> str:
+        return f"--- sender ---\n{tx.stderr()[-3000:]}\n--- receiver ---\n{rx.stderr()[-3000:]}"
+
+    try:
+        rx.start()
+        make_images(watch, 1)
+        tx.start()
+        wait_for(lambda: len(finals(out).get("cam1", ())) == 1, 60, "the first image", diag)
+        breaks(spool, broker)
+        make_images(watch, 1, start=1)
+        assert tx.proc is not None
+        try:
+            code = tx.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the sender kept running ({case})\n{diag()}") from None
+        assert code == 1, diag()
+        last = tx.stderr().strip().splitlines()[-1]
+        assert last.startswith("layercast: error: ") and message in last, diag()
+        assert tx.events()[-1]["message"] == last.removeprefix("layercast: error: ")
+        repairs(spool, broker)
+        tx.start()
+        wait_for(lambda: len(finals(out).get("cam1", ())) == 2, 60, "the second image after the restart", diag)
+        assert tx.terminate() == 0
+    finally:
+        for p in (tx, rx):
+            if p.proc is not None and p.proc.poll() is None:
+                p.kill()
+        broker.stop()
+    sent = [e["image_id"] for e in tx.events() if e.get("event") == "sent"]
+    assert len(sent) == len(set(sent)) == 2 and set(sent) == finals(out)["cam1"]

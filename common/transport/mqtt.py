@@ -398,9 +398,10 @@ class MqttTransport(Transport):
         rng: random.Random | None = None,
         offline_start: bool = False,
     ) -> None:
-        """`offline_start`: `open` returns at once and connects in the background (with `config.reconnect`),
-        the first attempt included, as a service must that starts before its broker or while the broker
-        is too busy to answer; sends wait meanwhile. Without it `open` connects and raises on failure."""
+        """`offline_start`: connect in the background (with `config.reconnect`), the first attempt included,
+        as a service must that starts before its broker or while the broker is too busy to answer: `open`
+        waits for the first attempt (at most its timeout) but never fails for the broker; sends wait for
+        the connection. Without it `open` connects and raises on failure."""
         super().__init__()
         self.config = config
         self.offline_start = offline_start and config.reconnect
@@ -414,6 +415,7 @@ class MqttTransport(Transport):
         self._rng = rng or random.Random()
         self._client: aiomqtt.Client | None = None
         self._online = asyncio.Event()
+        self._tried = asyncio.Event()  # the first connect attempt has ended, either way
         self._lost: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._inbox: deque[MqttMessage] = deque()
@@ -464,15 +466,25 @@ class MqttTransport(Transport):
     # -- connection ----------------------------------------------------------------------------------
 
     async def open(self, *, timeout: float | None = None) -> None:
-        """Connect (see `Transport.open`); a broker that accepts but does not answer in time is named."""
+        """Connect (see `Transport.open`); a broker that accepts but does not answer in time is named.
+
+        With `offline_start` it waits for the first attempt's outcome, at most `timeout`, and never
+        raises for the broker: connected (and subscribed) on return where the broker answered."""
+        limit = self.default_timeout if timeout is None else timeout
         try:
             await super().open(timeout=timeout)
         except TransportTimeout:
-            limit = self.default_timeout if timeout is None else timeout
             raise TransportTimeout(
                 f"no answer (CONNACK) from MQTT broker {self.where} within {limit:g} s: is an MQTT broker "
                 "listening there, and is it overloaded? (--timeout S waits longer)"
             ) from None
+        if self.offline_start and not self._tried.is_set():
+            try:
+                await asyncio.wait_for(self._tried.wait(), limit)
+            except asyncio.TimeoutError:
+                log.warning(
+                    "MQTT broker %s has not answered within %g s; connecting in the background", self.where, limit
+                )
 
     def _tls_context(self) -> ssl.SSLContext | None:
         cfg = self.config
@@ -615,9 +627,9 @@ class MqttTransport(Transport):
             return
         if not self.offline_start:
             await self._connect()
-        # offline_start: every connect, the first too, runs in the background task, so `open` returns at
-        # once however the broker behaves: unreachable, refusing, or accepting and never answering (a
-        # stalled attempt lasts `connect_timeout`, which may be longer than `open`'s own timeout)
+        # offline_start: every connect, the first too, runs in the background task, so a broker that is
+        # unreachable, refuses, or accepts and never answers (a stalled attempt lasts `connect_timeout`,
+        # which may be longer than `open`'s own timeout) cannot fail `open`
         connected = not self.offline_start
         self._task = asyncio.create_task(self._supervise(connected), name=f"mqtt-{self.config.role}-{self.where}")
 
@@ -658,6 +670,7 @@ class MqttTransport(Transport):
                 try:
                     await self._connect()
                 except TransportError as exc:
+                    self._tried.set()
                     attempt += 1
                     level = logging.WARNING if attempt & (attempt - 1) == 0 else logging.INFO  # 1, 2, 4, 8...
                     if first and attempt == 1:
@@ -667,6 +680,7 @@ class MqttTransport(Transport):
                     else:
                         log.log(level, "MQTT reconnect %d to %s failed: %s", attempt, self.where, exc)
                     continue
+                self._tried.set()
                 self.stats.reconnects += 0 if first else 1
                 verb = "connected" if first else "reconnected"
                 log.info("MQTT %s to %s after %d attempt(s)", verb, self.where, attempt + 1)
