@@ -336,6 +336,8 @@ class ReceiveSession:
         self._readers_started = 0
         self._readers_done = 0
         self._timer_task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        """The error that ended a decode or timer task (an output it could not write, a bug); `run` raises it."""
         self._timer_at: float | None = None
         self._changed: asyncio.Event | None = None
         self._timer_wake: asyncio.Event | None = None
@@ -392,7 +394,7 @@ class ReceiveSession:
         self.summary.events_log = str(log_path) if log_path else None
         self._log = EventLog(log_path, self._t0)
         self._log.write({"event": "SessionStart", "decoder": getattr(self.decoder, "name", "?")}, self._t0)
-        self._timer_task = asyncio.create_task(self._timer_loop())
+        self._timer_task = self._watched(asyncio.create_task(self._timer_loop(), name="receive-timers"))
         for t in self._initial:
             self.add_transport(t)
 
@@ -568,7 +570,10 @@ class ReceiveSession:
         """Receive until `count` images are final, or nothing arrived for `idle_timeout` seconds, or
         (with `until_closed`) every transport added so far has closed, or `stop` is set. Open images are
         then finished, except after `stop`: a service stopping leaves them unacknowledged for the broker
-        to deliver again, rather than writing them incomplete."""
+        to deliver again, rather than writing them incomplete.
+
+        Crash-only: when a decode task fails (an output it cannot write: a full disk, a broken folder)
+        `run` raises that error at once, and its image stays unacknowledged for a restarted worker."""
         loop = self._require_started()
         assert self._changed is not None
         stopped = False
@@ -576,6 +581,8 @@ class ReceiveSession:
             stop_task = asyncio.ensure_future(stop.wait())
             stop_task.add_done_callback(lambda _: self._poke())
         while True:
+            if self._failure is not None:
+                break
             if stop is not None and stop.is_set():
                 stopped = True
                 break
@@ -596,6 +603,8 @@ class ReceiveSession:
                 await asyncio.wait_for(self._changed.wait(), wait)
         if stop is not None:
             stop_task.cancel()
+        if self._failure is not None:  # open images stay unacknowledged: the broker delivers them again
+            raise self._failure
         if stopped:
             await self.wait_decodes()
         elif count is None or self.summary.images < count:
@@ -646,6 +655,18 @@ class ReceiveSession:
         if self._layers_idle is not None and not self._layers_idle.is_set():
             return True
         return any(s.task is not None and not s.task.done() for s in self._states.values())
+
+    def _watched(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        """`task`, whose failure ends `run` (crash-only: never a worker living on with a dead task)."""
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        error = None if task.cancelled() else task.exception()
+        if error is not None and self._failure is None:
+            log.error("receive session: %s failed: %s: %s", task.get_name(), type(error).__name__, error)
+            self._failure = error
+            self._poke()
 
     def _poke(self) -> None:
         if self._changed is not None:
@@ -839,7 +860,8 @@ class ReceiveSession:
         if st is None or st.pending is None or self._held(key, st.pending):
             return
         if st.task is None or st.task.done():
-            st.task = asyncio.create_task(self._decode_loop(key[0], st.sid, key[1], st))
+            decode = self._decode_loop(key[0], st.sid, key[1], st)
+            st.task = self._watched(asyncio.create_task(decode, name=f"decode of {key[0]}/{key[1]}"))
 
     async def _decode_loop(self, cam: str, sid: int, iid: int, st: _ImageState) -> None:
         assert self._sem is not None and self._loop is not None

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -105,24 +106,40 @@ def test_send_watch_survives_sigkill_and_broker_outage(tmp_path: Path) -> None:
     assert status["backlog"] == 0 and status["camera"] == "cam1" and not list((spool / "outbox").iterdir())
 
 
-def _break_outbox(spool: Path, broker: Broker) -> None:
-    shutil.rmtree(spool / "outbox")
-    (spool / "outbox").write_bytes(b"")  # in the field: a full disk
+def _replace_by_a_file(folder: Path) -> None:
+    shutil.rmtree(folder)
+    folder.write_bytes(b"")  # in the field: a full disk
 
 
-def _repair_outbox(spool: Path, broker: Broker) -> None:
-    (spool / "outbox").unlink()
-    (spool / "outbox").mkdir()
+def _back_to_a_folder(folder: Path) -> None:
+    folder.unlink()
+    folder.mkdir()
 
 
-CRASHES = {
-    # case: (URL query, what breaks, the last stderr line's expected text, what repairs it)
-    "broken spool": ("", _break_outbox, "Not a directory", _repair_outbox),
-    "lost broker without reconnect": (
+Fault = Callable[[Path, Broker, int], object]
+CRASHES: dict[str, tuple[str, str, Fault, str, Fault]] = {
+    # case: (the sender URL's query, the process that must exit, what breaks, its last stderr line's
+    # text, what repairs it); the callables get (tmp_path, broker, the next image's id)
+    "sender: broken spool": (
+        "",
+        "tx",
+        lambda tmp, broker, _: _replace_by_a_file(tmp / "spool" / "outbox"),
+        "Not a directory",
+        lambda tmp, broker, _: _back_to_a_folder(tmp / "spool" / "outbox"),
+    ),
+    "sender: lost broker without reconnect": (
         "?reconnect=0",
-        lambda spool, broker: broker.stop(),
+        "tx",
+        lambda tmp, broker, _: broker.stop(),
         "lost and reconnect is off",
-        lambda spool, broker: broker.start(),
+        lambda tmp, broker, _: broker.start(),
+    ),
+    "worker: unwritable output folder": (
+        "",
+        "rx",
+        lambda tmp, broker, image_id: (tmp / "out" / "cam1" / str(image_id)).write_bytes(b""),  # not a folder
+        "File exists",
+        lambda tmp, broker, image_id: (tmp / "out" / "cam1" / str(image_id)).unlink(),
     ),
 }
 
@@ -130,17 +147,19 @@ CRASHES = {
 @pytest.mark.mqtt
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("case", list(CRASHES))
-def test_send_watch_that_cannot_go_on_exits_and_its_restart_sends_the_image(tmp_path: Path, case: str) -> None:
-    """Crash-only: a spool the service cannot write, or a transport closed for good (`reconnect=0` and the
-    broker gone), ends the process with a one-line error and code 1, instead of a service that lives on
-    and never sends again (or retries a closed transport forever). The image stays in the spool; its unit
-    restarts the process, and once the fault is gone the image goes out, once."""
-    query, breaks, message, repairs = CRASHES[case]
+def test_a_service_that_cannot_go_on_exits_and_its_restart_delivers_the_image(tmp_path: Path, case: str) -> None:
+    """Crash-only services: a sender whose spool cannot be written or whose transport is closed for good
+    (`reconnect=0` and the broker gone), and a worker that cannot write its output, end with a one-line
+    error and code 1, instead of living on without sending (or receiving) again. Nothing is lost: the
+    image waits in the camera's spool, or unacknowledged in the worker's broker session; the unit restarts
+    the process, and once the fault is gone the image comes out, once."""
+    query, who, breaks, message, repairs = CRASHES[case]
     broker = persistent_broker(tmp_path)
     watch, spool, out = tmp_path / "incoming", tmp_path / "spool", tmp_path / "out"
     url = f"mqtt://127.0.0.1:{broker.port}/layercast/cam1"
     rx = Proc(["receive", "--on", f"{url}?client_id=w1&session_expiry=600", "--out", str(out)], tmp_path / "rx")
     tx = Proc(sender_argv(url + query, watch, spool), tmp_path / "tx")
+    crashing = {"tx": tx, "rx": rx}[who]
 
     def diag() -> str:
         return f"--- sender ---\n{tx.stderr()[-3000:]}\n--- receiver ---\n{rx.stderr()[-3000:]}"
@@ -150,21 +169,21 @@ def test_send_watch_that_cannot_go_on_exits_and_its_restart_sends_the_image(tmp_
         make_images(watch, 1)
         tx.start()
         wait_for(lambda: len(finals(out).get("cam1", ())) == 1, 60, "the first image", diag)
-        breaks(spool, broker)
+        (first,) = finals(out)["cam1"]
+        breaks(tmp_path, broker, first + 1)
         make_images(watch, 1, start=1)
-        assert tx.proc is not None
+        assert crashing.proc is not None
         try:
-            code = tx.proc.wait(timeout=30)
+            code = crashing.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"the sender kept running ({case})\n{diag()}") from None
+            raise AssertionError(f"{who} kept running ({case})\n{diag()}") from None
         assert code == 1, diag()
-        last = tx.stderr().strip().splitlines()[-1]
+        last = crashing.stderr().strip().splitlines()[-1]
         assert last.startswith("layercast: error: ") and message in last, diag()
-        assert tx.events()[-1]["message"] == last.removeprefix("layercast: error: ")
-        repairs(spool, broker)
-        tx.start()
+        repairs(tmp_path, broker, first + 1)
+        crashing.start()
         wait_for(lambda: len(finals(out).get("cam1", ())) == 2, 60, "the second image after the restart", diag)
-        assert tx.terminate() == 0
+        assert tx.terminate() == 0 and rx.terminate() == 0
     finally:
         for p in (tx, rx):
             if p.proc is not None and p.proc.poll() is None:
