@@ -693,6 +693,7 @@ async def _receive(args: argparse.Namespace) -> int:
         view = LiveView(rx) if args.web is not None else None
         until_closed = True
         listening = ""
+        mqtt: Any = None
         if scheme == "file":
             from layercast.common.transport.file import FileTransport
 
@@ -700,10 +701,10 @@ async def _receive(args: argparse.Namespace) -> int:
         elif scheme == "mqtt":
             from layercast.common.transport.mqtt import MqttTransport
 
-            transport = MqttTransport(receiver_mqtt_config(args.on, args), offline_start=True)
+            transport = mqtt = MqttTransport(receiver_mqtt_config(args.on, args), offline_start=True)
             transport.end_session_on_close = args.end_session
             await stack.enter_async_context(transport)
-            rx.add_transport(transport, "mqtt")
+            reader = rx.add_transport(transport, "mqtt")
             until_closed = False
             cfg = transport.config
             topics = ", ".join(cfg.subscriptions())
@@ -738,6 +739,8 @@ async def _receive(args: argparse.Namespace) -> int:
             url = await stack.enter_async_context(view.serve(args.web_host, args.web))
             listening = f"live view on {url}; " + listening
         stop = asyncio.Event()
+        if mqtt is not None:  # the broker connection ended for good (reconnect off): stop, then fail below
+            reader.add_done_callback(lambda _: stop.set())
         if scheme != "file":  # a service: SIGTERM/SIGINT stop it cleanly, with its summary printed
             import signal
 
@@ -746,6 +749,8 @@ async def _receive(args: argparse.Namespace) -> int:
         if listening:  # stderr, also with --json (stdout carries the JSON); once a signal stops it cleanly
             print(f"layercast: {listening} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         summary = await rx.run(count=args.count, idle_timeout=args.idle_timeout, until_closed=until_closed, stop=stop)
+        if mqtt is not None and mqtt.ended is not None:  # crash-only: exit 1 for the unit to restart it
+            raise mqtt.ended
         if scheme == "webrtc" and args.count is not None and args.linger > 0:
             await rx.wait_transports_closed(args.linger)  # a sender may still be draining repairs
     doc = {**summary.to_dict(), "finals": finals, "loop": eventloop.running_loop_name()}

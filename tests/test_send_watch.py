@@ -118,7 +118,7 @@ def _back_to_a_folder(folder: Path) -> None:
 
 Fault = Callable[[Path, Broker, int], object]
 CRASHES: dict[str, tuple[str, str, Fault, str, Fault]] = {
-    # case: (the sender URL's query, the process that must exit, what breaks, its last stderr line's
+    # case: (URL options of the process that must exit, that process, what breaks, its last stderr line's
     # text, what repairs it); the callables get (tmp_path, broker, the next image's id)
     "sender: broken spool": (
         "",
@@ -128,8 +128,15 @@ CRASHES: dict[str, tuple[str, str, Fault, str, Fault]] = {
         lambda tmp, broker, _: _back_to_a_folder(tmp / "spool" / "outbox"),
     ),
     "sender: lost broker without reconnect": (
-        "?reconnect=0",
+        "reconnect=0",
         "tx",
+        lambda tmp, broker, _: broker.stop(),
+        "lost and reconnect is off",
+        lambda tmp, broker, _: broker.start(),
+    ),
+    "worker: lost broker without reconnect": (
+        "reconnect=0",
+        "rx",
         lambda tmp, broker, _: broker.stop(),
         "lost and reconnect is off",
         lambda tmp, broker, _: broker.start(),
@@ -157,8 +164,9 @@ def test_a_service_that_cannot_go_on_exits_and_its_restart_delivers_the_image(tm
     broker = persistent_broker(tmp_path)
     watch, spool, out = tmp_path / "incoming", tmp_path / "spool", tmp_path / "out"
     url = f"mqtt://127.0.0.1:{broker.port}/layercast/cam1"
-    rx = Proc(["receive", "--on", f"{url}?client_id=w1&session_expiry=600", "--out", str(out)], tmp_path / "rx")
-    tx = Proc(sender_argv(url + query, watch, spool), tmp_path / "tx")
+    rx_url = f"{url}?client_id=w1&session_expiry=600" + (f"&{query}" if query and who == "rx" else "")
+    rx = Proc(["receive", "--on", rx_url, "--out", str(out)], tmp_path / "rx")
+    tx = Proc(sender_argv(url + (f"?{query}" if query and who == "tx" else ""), watch, spool), tmp_path / "tx")
     crashing = {"tx": tx, "rx": rx}[who]
 
     def diag() -> str:

@@ -438,6 +438,12 @@ class MqttTransport(Transport):
         return self._online.is_set() and self._end is None
 
     @property
+    def ended(self) -> TransportError | None:
+        """Why the transport ended by itself (its connection lost with reconnect off); None while it runs
+        and after `close`."""
+        return None if self._closing else self._end
+
+    @property
     def camera(self) -> str | None:
         """A sender's camera (its topic's stream level); None for a receiver (each message names its own)."""
         return self.config.stream if self.config.role == "send" else None
