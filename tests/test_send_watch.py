@@ -127,20 +127,16 @@ CRASHES: dict[str, tuple[str, str, Fault, str, Fault]] = {
         "Not a directory",
         lambda tmp, broker, _: _back_to_a_folder(tmp / "spool" / "outbox"),
     ),
-    "sender: lost broker without reconnect": (
-        "reconnect=0",
-        "tx",
-        lambda tmp, broker, _: broker.stop(),
-        "lost and reconnect is off",
-        lambda tmp, broker, _: broker.start(),
-    ),
-    "worker: lost broker without reconnect": (
-        "reconnect=0",
-        "rx",
-        lambda tmp, broker, _: broker.stop(),
-        "lost and reconnect is off",
-        lambda tmp, broker, _: broker.start(),
-    ),
+    **{
+        f"{role}: lost broker without reconnect": (
+            "reconnect=0",
+            who,
+            lambda tmp, broker, _: broker.stop(),
+            "lost and reconnect is off",
+            lambda tmp, broker, _: broker.start(),
+        )
+        for role, who in (("sender", "tx"), ("worker", "rx"))
+    },
     "worker: unwritable output folder": (
         "",
         "rx",
