@@ -559,3 +559,24 @@ async def test_offline_start_survives_a_broker_that_stalls_or_resets_the_first_c
         await plain.close()
         async with MqttTransport(cfg(b, role="receive"), offline_start=True, default_timeout=10) as prompt:
             assert prompt.connected
+
+
+@pytest.mark.mqtt
+async def test_a_failing_connection_task_ends_the_transport_instead_of_hanging_it(
+    brokers: list[Broker], tmp_path: Path
+) -> None:
+    """Should the task that pumps a connection fail (a bug: here one injected into message delivery), the
+    transport ends with TransportClosed, which `ended` reports and `recv` raises, so a service ends
+    (crash-only) instead of waiting forever on a dead connection."""
+
+    class Faulty(MqttTransport):
+        def _deliver(self, message: Any) -> None:
+            raise RuntimeError("injected delivery bug")
+
+    b = broker_at(brokers, tmp_path)
+    async with Faulty(cfg(b, role="receive")) as rx, MqttTransport(cfg(b, role="send", stream="cam1")) as tx:
+        assert isinstance(rx, Faulty) and rx.ended is None
+        await tx.send(b"x", family="semantic")
+        with pytest.raises(TransportClosed, match="injected delivery bug"):
+            await rx.recv(timeout=10)
+        assert isinstance(rx.ended, TransportClosed)

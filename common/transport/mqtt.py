@@ -640,7 +640,15 @@ class MqttTransport(Transport):
         self._task = asyncio.create_task(self._supervise(connected), name=f"mqtt-{self.config.role}-{self.where}")
 
     async def _supervise(self, connected: bool = True) -> None:
-        """Pump messages; on a lost connection (or none yet) reconnect with back-off until closed."""
+        """Pump messages; on a lost connection (or none yet) reconnect with back-off until closed. Should
+        it fail (a bug), the transport ends with TransportClosed, never a silent dead connection."""
+        try:
+            await self._pump_and_reconnect(connected)
+        except Exception as exc:
+            log.exception("MQTT connection to %s failed", self.where)
+            self._finish(TransportClosed(f"MQTT connection to {self.where} failed: {type(exc).__name__}: {exc}"))
+
+    async def _pump_and_reconnect(self, connected: bool) -> None:
         import aiomqtt
 
         first = not connected  # an offline start: the first attempt goes at once
