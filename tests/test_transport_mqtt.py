@@ -141,8 +141,9 @@ def test_from_url() -> None:
         8883,
         ["layercast/+/+"],
     )
-    e = MqttConfig.from_url("mqtt://h/layercast/cam1,cam2?group=g")
+    e = MqttConfig.from_url("mqtt://h/layercast/cam1,cam2?group=g&receive_maximum=7")
     assert e.subscriptions() == ["$share/g/layercast/cam1/+", "$share/g/layercast/cam2/+"]
+    assert (e.receive_maximum, d.receive_maximum) == (7, 100)
     s = MqttConfig.from_url("mqtt://h/layercast/cam7", role="send")
     assert (s.topic("semantic"), s.qos_for("semantic"), s.qos_for("texture")) == (
         "layercast/cam7/semantic",
@@ -161,6 +162,7 @@ def test_from_url() -> None:
         ("mqtt://h/layercast/cam1?group=g", "send", "only applies to receivers"),
         ("mqtt://h:99999/x", "receive", "port"),
         ("mqtt://h/layercast/cam1?tls=maybe", "receive", "not a boolean"),
+        ("mqtt://h/layercast?receive_maximum=0", "receive", "receive_maximum must be 1..65535"),
         ("mqtt://h/$SYS/cam1", "receive", "leading '$'"),
     ],
 )
@@ -580,3 +582,57 @@ async def test_a_failing_connection_task_ends_the_transport_instead_of_hanging_i
         with pytest.raises(TransportClosed, match="injected delivery bug"):
             await rx.recv(timeout=10)
         assert isinstance(rx.ended, TransportClosed)
+
+
+@pytest.mark.mqtt
+async def test_a_full_inbox_drops_qos0_floods_but_never_a_qos1_message(brokers: list[Broker], tmp_path: Path) -> None:
+    """A receiver whose consumer is stalled (decodes backing up) while a camera floods QoS 0 layers: the
+    inbox drops QoS 0 packets past `max_queued` (counted), but keeps every QoS 1 one. A dropped QoS 1
+    message would be lost until the next reconnect (a broker resends unacknowledged messages only
+    then) and would hold one of the broker's in-flight slots for this client meanwhile; the broker's
+    flow control (`receive_maximum`) bounds how many QoS 1 messages can be outstanding instead."""
+    b = broker_at(brokers, tmp_path)
+    rx_cfg = cfg(b, role="receive", manual_ack=True, max_queued=5, client_id="w1", session_expiry=60)
+    async with MqttTransport(rx_cfg) as rx, MqttTransport(cfg(b, role="send", stream="cam1")) as tx:
+        assert isinstance(rx, MqttTransport)
+        flood = [f"structure {i}".encode() for i in range(20)]
+        for data in flood:
+            await tx.send(data, family="structure")  # QoS 0
+        wanted = [f"semantic {i}".encode() for i in range(3)]
+        for data in wanted:
+            await tx.send(data, family="semantic")  # QoS 1
+        await wait_until(lambda: rx.stats.received + rx.stats.dropped_full == len(flood) + len(wanted))
+        got = []
+        while True:
+            try:
+                got.append(await rx.recv_message(timeout=0.2))
+            except TransportTimeout:
+                break
+        assert [m.payload for m in got if m.family == "semantic"] == wanted
+        assert rx.stats.dropped_full == len(flood) - 5 and len(got) == 5 + len(wanted)
+        for m in got:
+            rx.ack(m)
+
+
+@pytest.mark.mqtt
+async def test_receive_maximum_bounds_the_unacknowledged_qos1_messages(brokers: list[Broker], tmp_path: Path) -> None:
+    """The broker sends a receiver at most `receive_maximum` QoS 1 messages it has not acknowledged; the
+    rest wait at the broker (not in the receiver's memory) and come as acknowledgements free slots."""
+    b = broker_at(brokers, tmp_path)
+    rx_cfg = cfg(b, role="receive", manual_ack=True, receive_maximum=2, client_id="w1", session_expiry=60)
+    async with MqttTransport(rx_cfg) as rx, MqttTransport(cfg(b, role="send", stream="cam1")) as tx:
+        assert isinstance(rx, MqttTransport)
+        sent = [f"semantic {i}".encode() for i in range(5)]
+        for data in sent:
+            await tx.send(data, family="semantic")
+        first = [await rx.recv_message(timeout=5) for _ in range(2)]
+        with pytest.raises(TransportTimeout):
+            await rx.recv_message(timeout=0.5)  # two outstanding: the broker holds the other three
+        got = list(first)
+        for m in first:
+            rx.ack(m)
+        while len(got) < len(sent):
+            m = await rx.recv_message(timeout=5)
+            got.append(m)
+            rx.ack(m)
+        assert [m.payload for m in got] == sent

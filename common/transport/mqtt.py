@@ -168,7 +168,12 @@ class MqttConfig:
     backoff_jitter: float = 0.5
     connect_timeout: float = 10.0
     max_queued: int = 10_000
-    """Received packets buffered before new ones are dropped (counted in `MqttStats.dropped_full`)."""
+    """Received QoS 0 packets buffered before new ones are dropped (counted in `MqttStats.dropped_full`).
+    QoS 1 messages are never dropped (a broker resends an unacknowledged one only at a reconnect):
+    `receive_maximum` bounds them instead."""
+    receive_maximum: int = 100
+    """Receivers: the MQTT 5 Receive Maximum, the most QoS 1 messages the broker sends this client before
+    it acknowledges some (with `manual_ack`, about the images a worker may hold open at once)."""
     require_subscribers: bool = False
     """Senders: a QoS 1 publish the broker answers with 'No matching subscribers' (MQTT 5 PUBACK
     reason 16) raises NoSubscribersError instead of counting as sent. Mosquitto queues messages for
@@ -216,6 +221,8 @@ class MqttConfig:
             raise InputError("session_expiry needs a fixed client_id and must be >= 0")
         if self.max_queued < 1:
             raise InputError("max_queued must be at least 1")
+        if not 1 <= self.receive_maximum <= 65535:
+            raise InputError("receive_maximum must be 1..65535 (MQTT 5 Receive Maximum)")
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -254,8 +261,8 @@ class MqttConfig:
         One path level is the prefix; with two or more the last is the stream. Query keys:
         ``qos`` and ``expiry`` (one value for every family or three comma separated, semantic first),
         ``tls``, ``ca``, ``cert``, ``key``, ``insecure``, ``group``, ``client_id``, ``keepalive``,
-        ``session_expiry``, ``reconnect``. ``mqtts://`` implies TLS. `overrides` (e.g. ``role="send"``)
-        win over the URL.
+        ``session_expiry``, ``receive_maximum``, ``reconnect``. ``mqtts://`` implies TLS. `overrides`
+        (e.g. ``role="send"``) win over the URL.
         """
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts"):
@@ -338,11 +345,11 @@ def _query_option(key: str, value: str, url: str) -> dict[str, Any]:
         return {f"{key}_file": value, **({"tls": True} if key == "ca" else {})}
     if key in ("group", "client_id"):
         return {key: value}
-    if key in ("keepalive", "session_expiry"):
+    if key in ("keepalive", "session_expiry", "receive_maximum"):
         return {key: _int(value, key, url)}
     raise InputError(
         f"unknown option {key!r} in {url!r}: use qos, expiry, tls, ca, cert, key, insecure, group, "
-        "client_id, keepalive, session_expiry, reconnect"
+        "client_id, keepalive, session_expiry, receive_maximum, reconnect"
     )
 
 
@@ -512,10 +519,11 @@ class MqttTransport(Transport):
         from paho.mqtt.properties import Properties
 
         cfg = self.config
-        connect_props = None
+        connect_props = Properties(PacketTypes.CONNECT)
         if cfg.session_expiry:
-            connect_props = Properties(PacketTypes.CONNECT)
             connect_props.SessionExpiryInterval = cfg.session_expiry
+        if cfg.role == "receive":
+            connect_props.ReceiveMaximum = cfg.receive_maximum
         client = aiomqtt.Client(
             cfg.host,
             cfg.effective_port,
@@ -815,8 +823,8 @@ class MqttTransport(Transport):
             log.warning("dropped %d-byte MQTT message on %r: over the packet limit", len(payload), topic)
             self._ack_now(message)
             return
-        if len(self._inbox) >= self.config.max_queued:
-            self.stats.dropped_full += 1  # not acknowledged: the broker resends it later
+        if len(self._inbox) >= self.config.max_queued and not message.qos:
+            self.stats.dropped_full += 1  # QoS 0: nobody resends it; QoS 1 stays (bounded by receive_maximum)
             return
         expiry = getattr(message.properties, "MessageExpiryInterval", None) if message.properties else None
         self._inbox.append(
