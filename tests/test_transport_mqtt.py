@@ -4,10 +4,11 @@ topic / URL / back-off helpers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -584,6 +585,20 @@ async def test_a_failing_connection_task_ends_the_transport_instead_of_hanging_i
         assert isinstance(rx.ended, TransportClosed)
 
 
+@contextlib.asynccontextmanager
+async def worker_fed(
+    brokers: list[Broker], tmp_path: Path, packets: list[tuple[bytes, str]], **options: Any
+) -> AsyncIterator[MqttTransport]:
+    """A worker's receiver (manual acks, a persistent session, `options`) after a camera sent it `packets`."""
+    b = broker_at(brokers, tmp_path)
+    rx_cfg = cfg(b, role="receive", manual_ack=True, client_id="w1", session_expiry=60, **options)
+    async with MqttTransport(rx_cfg) as rx, MqttTransport(cfg(b, role="send", stream="cam1")) as tx:
+        assert isinstance(rx, MqttTransport)
+        for data, family in packets:
+            await tx.send(data, family=family)
+        yield rx
+
+
 @pytest.mark.mqtt
 async def test_a_full_inbox_drops_qos0_floods_but_never_a_qos1_message(brokers: list[Broker], tmp_path: Path) -> None:
     """A receiver whose consumer is stalled (decodes backing up) while a camera floods QoS 0 layers: the
@@ -591,16 +606,9 @@ async def test_a_full_inbox_drops_qos0_floods_but_never_a_qos1_message(brokers: 
     message would be lost until the next reconnect (a broker resends unacknowledged messages only
     then) and would hold one of the broker's in-flight slots for this client meanwhile; the broker's
     flow control (`receive_maximum`) bounds how many QoS 1 messages can be outstanding instead."""
-    b = broker_at(brokers, tmp_path)
-    rx_cfg = cfg(b, role="receive", manual_ack=True, max_queued=5, client_id="w1", session_expiry=60)
-    async with MqttTransport(rx_cfg) as rx, MqttTransport(cfg(b, role="send", stream="cam1")) as tx:
-        assert isinstance(rx, MqttTransport)
-        flood = [f"structure {i}".encode() for i in range(20)]
-        for data in flood:
-            await tx.send(data, family="structure")  # QoS 0
-        wanted = [f"semantic {i}".encode() for i in range(3)]
-        for data in wanted:
-            await tx.send(data, family="semantic")  # QoS 1
+    flood = [(f"structure {i}".encode(), "structure") for i in range(20)]  # QoS 0
+    wanted = [f"semantic {i}".encode() for i in range(3)]  # QoS 1
+    async with worker_fed(brokers, tmp_path, [*flood, *((d, "semantic") for d in wanted)], max_queued=5) as rx:
         await wait_until(lambda: rx.stats.received + rx.stats.dropped_full == len(flood) + len(wanted))
         got = []
         while True:
@@ -618,13 +626,8 @@ async def test_a_full_inbox_drops_qos0_floods_but_never_a_qos1_message(brokers: 
 async def test_receive_maximum_bounds_the_unacknowledged_qos1_messages(brokers: list[Broker], tmp_path: Path) -> None:
     """The broker sends a receiver at most `receive_maximum` QoS 1 messages it has not acknowledged; the
     rest wait at the broker (not in the receiver's memory) and come as acknowledgements free slots."""
-    b = broker_at(brokers, tmp_path)
-    rx_cfg = cfg(b, role="receive", manual_ack=True, receive_maximum=2, client_id="w1", session_expiry=60)
-    async with MqttTransport(rx_cfg) as rx, MqttTransport(cfg(b, role="send", stream="cam1")) as tx:
-        assert isinstance(rx, MqttTransport)
-        sent = [f"semantic {i}".encode() for i in range(5)]
-        for data in sent:
-            await tx.send(data, family="semantic")
+    sent = [f"semantic {i}".encode() for i in range(5)]
+    async with worker_fed(brokers, tmp_path, [(d, "semantic") for d in sent], receive_maximum=2) as rx:
         first = [await rx.recv_message(timeout=5) for _ in range(2)]
         with pytest.raises(TransportTimeout):
             await rx.recv_message(timeout=0.5)  # two outstanding: the broker holds the other three
