@@ -49,6 +49,8 @@ service (store and forward):
   outages, and a kill of this process, lose nothing and re-send nothing acknowledged. Backlog and
   counters: --json lines on stdout, log lines on stderr, SPOOL/status.json. Without --watch, --spool
   makes a one-shot send durable (exit 3 when images stay queued after --timeout of failing link).
+  A spool it cannot write, or a broker lost with ?reconnect=0, ends the service with exit code 1 (for
+  its unit to restart it); the queued images wait in the spool.
 
 passwords (never only in the URL: it shows in `ps`):
   --password-file FILE, else the URL's password, else $LAYERCAST_MQTT_PASSWORD.
@@ -69,14 +71,18 @@ sources:
                                     ?group=G shares the work among receivers (MQTT 5 shared subscription);
                                     ?client_id=ID&session_expiry=S keep a persistent session (default:
                                     client id layercast-rx-<host>-<out hash>, 86400 s; session_expiry=0
-                                    for a clean session); also ?tls=1&ca=FILE&cert=FILE&key=FILE
-                                    &insecure=1&keepalive=30&reconnect=0 (as for send)
+                                    for a clean session); ?receive_maximum=N: at most N images handed
+                                    over but not yet acknowledged (default 100); also ?tls=1&ca=FILE
+                                    &cert=FILE&key=FILE&insecure=1&keepalive=30&reconnect=0 (as for send;
+                                    with reconnect=0 a lost broker ends the receiver with exit code 1)
   file:PATH, file:-                 read a .lcs container, or stdin
 
 outputs: OUT/<camera>/<image>/stage-<n>.png (progressive), OUT/<camera>/<image>/final.png, OUT/events.jsonl
   <camera> is the MQTT topic's camera, the WebRTC sender's --camera, or --camera here; else the stream id.
   Delivery: an MQTT message is acknowledged only once its image's final.png is written, and an image
   whose final.png exists is not taken again (duplicates are counted), so a killed receiver loses nothing.
+  An output it cannot write ends the receiver with exit code 1 (for its unit to restart it); the image
+  stays unacknowledged and comes back.
 
 examples:
   layercast receive --on webrtc://:8443 --out out/ --web 8080      live view on http://127.0.0.1:8080/
