@@ -487,10 +487,8 @@ class MqttTransport(Transport):
         try:
             await super().open(timeout=timeout)
         except TransportTimeout:
-            raise TransportTimeout(
-                f"no answer (CONNACK) from MQTT broker {self.where} within {limit:g} s: is an MQTT broker "
-                "listening there, and is it overloaded? (--timeout S waits longer)"
-            ) from None
+            advice = ": is an MQTT broker listening there, and is it overloaded? (--timeout S waits longer)"
+            raise self._no_connack(limit, advice) from None
         if self.offline_start and not self._tried.is_set():
             try:
                 await asyncio.wait_for(self._tried.wait(), limit)
@@ -568,6 +566,9 @@ class MqttTransport(Transport):
         setattr(paho, "publish", publish)  # noqa: B010 - instance attribute shadows the method
         paho.on_publish = on_publish
 
+    def _no_connack(self, seconds: float, advice: str = "") -> TransportTimeout:
+        return TransportTimeout(f"no answer (CONNACK) from MQTT broker {self.where} within {seconds:g} s{advice}")
+
     def _connect_error(self, exc: Exception) -> TransportError:
         from aiomqtt.exceptions import MqttConnectError
 
@@ -582,9 +583,7 @@ class MqttTransport(Transport):
                 )
             return TransportError(f"MQTT broker {self.where} refused the connection: {text}")
         if "timed out" in text.lower():
-            return TransportTimeout(
-                f"no answer (CONNACK) from MQTT broker {self.where} within {self.config.connect_timeout:g} s"
-            )
+            return self._no_connack(self.config.connect_timeout)
         if "certificate" in text.lower() or "ssl" in text.lower():
             return TransportError(
                 f"TLS handshake with MQTT broker {self.where} failed ({text}): check the CA file "
@@ -703,7 +702,8 @@ class MqttTransport(Transport):
                         log.log(level, "MQTT reconnect %d to %s failed: %s", attempt, self.where, exc)
                     continue
                 self._tried.set()
-                self.stats.reconnects += 0 if first else 1
+                if not first:
+                    self.stats.reconnects += 1
                 verb = "connected" if first else "reconnected"
                 log.info("MQTT %s to %s after %d attempt(s)", verb, self.where, attempt + 1)
                 first = False
